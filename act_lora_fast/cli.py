@@ -1,0 +1,33 @@
+"""`act-lora`: the command line. Thin: each subcommand parses, calls the library, prints.
+
+Subcommands live in small modules, each exposing ``add_commands(subparsers)``; a subparser stores its
+handler as ``func`` (called with the parsed args, returning an exit code or None).
+"""
+import argparse
+import sys
+
+from . import cli_bench, cli_method, cli_train
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="act-lora",
+        description="Selective LoRA: profile activation norms, pick layers, fine-tune only those.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (cli_method, cli_train, cli_bench):
+        module.add_commands(subparsers)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

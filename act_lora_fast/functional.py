@@ -1,0 +1,105 @@
+"""`lora_linear`: the one entry point that picks a backend and runs the fused LoRA op.
+
+Backends:
+- ``triton``: fused Triton kernels; CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` is set.
+- ``torch``: the fused PyTorch autograd.Function (the CPU path).
+- ``reference``: the textbook unfused formula with plain autograd.
+- ``auto`` (default): the ``ACT_LORA_BACKEND`` environment variable if set, else ``triton`` for CUDA
+  tensors when Triton is importable and ``torch`` otherwise.
+"""
+import os
+
+import torch
+
+from .kernels.reference import lora_linear_reference, row_sq_norms_reference
+from .kernels.torch_fused import TorchFusedLoRA, TorchProbeLinear, dropout_keep_mask
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+BACKEND_ENV_VAR = "ACT_LORA_BACKEND"
+
+
+def check_backend_name(backend):
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def _triton_importable():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend, device):
+    """The concrete backend ('triton', 'torch' or 'reference') for tensors on `device`."""
+    check_backend_name(backend)
+    if backend == "auto":
+        env_choice = os.environ.get(BACKEND_ENV_VAR, "auto")
+        try:
+            backend = check_backend_name(env_choice)
+        except ValueError as err:
+            raise ValueError(f"{BACKEND_ENV_VAR}={env_choice!r}: {err}") from None
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_importable() else "torch"
+    if backend == "triton":
+        if not _triton_importable():
+            raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='torch'")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                f"backend='triton' needs CUDA tensors, got tensors on {device.type}; set TRITON_INTERPRET=1 "
+                "to run the kernels in Triton's interpreter, or use backend='torch' on CPU"
+            )
+    return backend
+
+
+def new_dropout_seed():
+    """A per-call seed drawn from torch's CPU generator: reproducible under torch.manual_seed, no GPU sync."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def dropout_mask(shape, p, seed, device, dtype=torch.float32, backend="torch"):
+    """The keep mask (0 or 1/(1-p)) that `backend` uses for `seed`; for tests and debugging."""
+    if backend == "triton":
+        from .kernels.triton_forward import dropout_mask as triton_dropout_mask
+
+        return triton_dropout_mask(shape, p, seed, device).to(dtype)
+    return dropout_keep_mask(shape, p, seed, device, dtype)
+
+
+def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, backend="auto",
+                compute_rowsq=False):
+    """y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ for x of shape (..., in); returns (y, rowsq).
+
+    ``rowsq`` holds Σx² per token (shape x.shape[:-1], fp32) when `compute_rowsq`, else None.
+    ``lora_A=None`` is the probe mode: the frozen linear plus the norm reduction only.
+    All tensors must already share one dtype and device (the module checks and casts).
+    """
+    lead_shape = x.shape[:-1]
+    x2d = x.reshape(-1, x.shape[-1])
+    backend = resolve_backend(backend, x.device)
+    probe = lora_A is None
+
+    if backend == "reference":
+        keep = None
+        if not probe and dropout_p > 0.0:
+            keep = dropout_keep_mask(x2d.shape, dropout_p, seed, x.device, x.dtype)
+        y = lora_linear_reference(x2d, weight, bias, lora_A, lora_B, scaling, keep)
+        rowsq = row_sq_norms_reference(x2d).float() if compute_rowsq else None
+    elif backend == "triton":
+        from .kernels.triton_autograd import triton_lora_linear, triton_probe_linear
+
+        if probe:
+            y, rowsq = triton_probe_linear(x2d, weight, bias)
+        else:
+            y, rowsq = triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
+                                          compute_rowsq)
+    elif probe:
+        y, rowsq = TorchProbeLinear.apply(x2d, weight, bias)
+    else:
+        y, rowsq = TorchFusedLoRA.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
+                                        compute_rowsq)
+
+    y = y.reshape(*lead_shape, weight.shape[0])
+    return y, (rowsq.reshape(lead_shape) if compute_rowsq else None)

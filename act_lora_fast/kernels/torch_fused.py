@@ -1,0 +1,110 @@
+"""The CPU path: one autograd.Function doing LoRA with the fewest passes over memory.
+
+Compared with the unfused formula (and PEFT's lora.Linear) it
+- never stores a dropout copy of x: the keep mask is regenerated in backward from the call's seed;
+- adds the rank-r expand into the base output in place (addmm) instead of allocating a second T×out tensor;
+- saves x·Aᵀ (T×r) for dB instead of recomputing it, and saves x only when A needs a gradient;
+- computes the per-token Σx² in the same call, in fp32, for activation-norm tracking.
+"""
+import torch
+
+
+def dropout_keep_mask(shape, p, seed, device, dtype):
+    """The keep mask (0 or 1/(1-p)) the torch path uses for a given seed; regenerated, never stored."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    keep = torch.empty(shape, device=device, dtype=dtype).bernoulli_(1.0 - p, generator=generator)
+    return keep.mul_(1.0 / (1.0 - p))
+
+
+def row_sq_norms(x2d):
+    """Σx² per row, accumulated in fp32 whatever x's dtype (one read of x)."""
+    return torch.linalg.vector_norm(x2d, ord=2, dim=1, dtype=torch.float32).square_()
+
+
+# Below this many tokens the copy of W that stacking makes costs more than the skinny rank-r GEMMs it saves.
+STACK_MIN_TOKENS = 256
+
+
+def _base_plus_shrink(x2d, weight, bias, lora_A):
+    """(x·Wᵀ + b, x·Aᵀ) from ONE GEMM against [W; A]: x is read once and the rank-r product, a GEMM too
+    skinny for BLAS to run fast on its own, rides along with the big one."""
+    n_out = weight.shape[0]
+    stacked_bias = None if bias is None else torch.cat([bias, bias.new_zeros(lora_A.shape[0])])
+    stacked_weight = torch.cat([weight, lora_A])
+    y_and_xa = (torch.addmm(stacked_bias, x2d, stacked_weight.t()) if bias is not None
+                else x2d @ stacked_weight.t())
+    # xa is saved for backward; cloning it keeps the saved tensor T×r instead of pinning all of y_and_xa.
+    return y_and_xa[:, :n_out], y_and_xa[:, n_out:].clone()
+
+
+def _dx_base_plus_dyB(dy, weight, lora_B):
+    """(dy·W, dy·B) from ONE GEMM against [W, B], for the same reason."""
+    k_in = weight.shape[1]
+    both = dy @ torch.cat([weight, lora_B], dim=1)
+    return both[:, :k_in], both[:, k_in:].clone()
+
+
+class TorchFusedLoRA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq):
+        rowsq = row_sq_norms(x2d) if compute_rowsq else x2d.new_empty(0, dtype=torch.float32)
+        if dropout_p == 0.0 and x2d.shape[0] >= STACK_MIN_TOKENS:
+            y, xa = _base_plus_shrink(x2d, weight, bias, lora_A)
+        else:
+            x_lora = x2d
+            if dropout_p > 0.0:
+                x_lora = x2d * dropout_keep_mask(x2d.shape, dropout_p, seed, x2d.device, x2d.dtype)
+            xa = x_lora @ lora_A.t()
+            del x_lora
+            y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
+        y.addmm_(xa, lora_B.t(), alpha=scaling)
+
+        ctx.scaling, ctx.dropout_p, ctx.seed = scaling, dropout_p, seed
+        ctx.save_for_backward(x2d if ctx.needs_input_grad[3] else None, weight, lora_A, lora_B, xa)
+        ctx.mark_non_differentiable(rowsq)
+        return y, rowsq
+
+    @staticmethod
+    def backward(ctx, dy, _drowsq):
+        x2d, weight, lora_A, lora_B, xa = ctx.saved_tensors
+        s, p = ctx.scaling, ctx.dropout_p
+        keep = None
+        if p > 0.0 and (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
+            keep = dropout_keep_mask((dy.shape[0], lora_A.shape[1]), p, ctx.seed, dy.device, dy.dtype)
+        dx = dA = dB = None
+        if ctx.needs_input_grad[0] and dy.shape[0] >= STACK_MIN_TOKENS:
+            dx, dyB = _dx_base_plus_dyB(dy, weight, lora_B)
+        else:
+            dyB = dy @ lora_B  # T×r, shared by dx and dA
+            if ctx.needs_input_grad[0]:
+                dx = dy @ weight
+        if dx is not None:
+            if keep is None:
+                dx.addmm_(dyB, lora_A, alpha=s)
+            else:
+                dx.addcmul_(dyB @ lora_A, keep, value=s)
+        if ctx.needs_input_grad[3]:
+            x_lora = x2d if keep is None else x2d * keep
+            dA = (dyB.t() @ x_lora).mul_(s)
+        if ctx.needs_input_grad[4]:
+            # (xaᵀ·dy)ᵀ rather than dyᵀ·xa: BLAS reduces over T far faster in this orientation.
+            dB = (xa.t() @ dy).t().mul_(s)
+        return dx, None, None, dA, dB, None, None, None, None
+
+
+class TorchProbeLinear(torch.autograd.Function):
+    """Probe mode: the frozen linear plus the per-token Σx², nothing else."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias):
+        rowsq = row_sq_norms(x2d)
+        y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
+        ctx.save_for_backward(weight)
+        ctx.mark_non_differentiable(rowsq)
+        return y, rowsq
+
+    @staticmethod
+    def backward(ctx, dy, _drowsq):
+        (weight,) = ctx.saved_tensors
+        return (dy @ weight if ctx.needs_input_grad[0] else None), None, None

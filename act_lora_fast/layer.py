@@ -1,0 +1,193 @@
+"""FastActLoRALinear: a LoRA linear on a fused op that also measures its input's activation norms.
+
+State-dict keys (same names as PEFT's lora.Linear, minus PEFT's adapter-name level):
+``base_layer.weight``, ``base_layer.bias`` (if any), ``lora_A.weight`` (r × in), ``lora_B.weight`` (out × r).
+"""
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from .functional import check_backend_name, lora_linear, new_dropout_seed
+
+NORM_SUM_SQ, NORM_SUM, NORM_COUNT = 0, 1, 2
+
+
+class FastActLoRALinear(nn.Module):
+    """y = base(x) + s·B·A·drop(x), fused, with optional per-module activation-norm statistics.
+
+    Args:
+        base: the ``nn.Linear`` to wrap. Its weight is used in place (not copied) and frozen.
+        r: LoRA rank (≥ 1). ``r=0`` is allowed only with ``probe=True``.
+        alpha: LoRA alpha (> 0); ``scaling = alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``).
+        dropout: dropout probability on the LoRA branch, in [0, 1). The keep mask is regenerated in
+            backward from a per-call seed, never stored.
+        use_rslora: rank-stabilised scaling.
+        track_norms: accumulate Σ‖x_t‖², Σ‖x_t‖ and the token count of every forward (see `norm_stats`).
+        backend: ``"auto"``, ``"triton"``, ``"torch"`` or ``"reference"`` (see `act_lora_fast.functional`).
+        probe: probe mode: adapter off, norms on; the frozen linear plus the fused norm reduction only.
+
+    LoRA weights take the base weight's dtype and device. Inputs must have the weight's dtype, except under
+    ``torch.autocast``, where input, weights and adapter are cast to the autocast dtype as ``nn.Linear`` is.
+    Set ``norm_token_mask`` (bool, shape ``x.shape[:-1]``) to exclude tokens (padding) from the statistics.
+    """
+
+    def __init__(self, base, r=8, alpha=16, dropout=0.0, *, use_rslora=False, track_norms=False,
+                 backend="auto", probe=False):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        if isinstance(r, bool) or not isinstance(r, int):
+            raise TypeError(f"r must be an int, got {type(r).__name__}")
+        if r < 0 or (r == 0 and not probe):
+            raise ValueError(f"r must be >= 1 (r=0 only in probe mode), got r={r}")
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_backend_name(backend)
+
+        self.base_layer = base
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.r, self.lora_alpha, self.lora_dropout = r, alpha, float(dropout)
+        self.use_rslora = use_rslora
+        self.scaling = alpha / math.sqrt(r) if use_rslora and r else (alpha / r if r else 0.0)
+        self.backend = backend
+        self.track_norms, self.probe = track_norms, probe
+        self.adapter_enabled, self.merged = True, False
+        self.norm_token_mask = None
+
+        if r > 0:
+            factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+            self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
+            self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
+            self.reset_lora_parameters()
+        else:
+            self.lora_A = self.lora_B = None
+        self.register_buffer("_norm_sums", torch.zeros(3, dtype=torch.float64, device=base.weight.device),
+                             persistent=False)
+
+    def reset_lora_parameters(self):
+        """PEFT's init: A Kaiming-uniform, B zeros, so the adapter starts as the identity update."""
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    # ------------------------------------------------------------------ forward
+    def _adapter_active(self):
+        return self.lora_A is not None and self.adapter_enabled and not self.merged and not self.probe
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input's last dim must be in_features={self.in_features}, got shape "
+                             f"{tuple(x.shape)}")
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        lora_A = self.lora_A.weight if self._adapter_active() else None
+        lora_B = self.lora_B.weight if lora_A is not None else None
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias, lora_A, lora_B = (t if t is None else t.to(dtype)
+                                               for t in (x, weight, bias, lora_A, lora_B))
+        elif x.dtype != weight.dtype:
+            raise TypeError(f"input dtype {x.dtype} differs from the weight's {weight.dtype}; cast the input "
+                            "or run under torch.autocast")
+
+        want_norms = self.track_norms or self.probe
+        if lora_A is None and not want_norms:
+            return nn.functional.linear(x, weight, bias)
+        dropout_on = self.training and self.lora_dropout > 0.0 and lora_A is not None
+        with torch.autocast(x.device.type, enabled=False):
+            y, rowsq = lora_linear(
+                x, weight, bias, lora_A, lora_B, self.scaling,
+                dropout_p=self.lora_dropout if dropout_on else 0.0,
+                seed=new_dropout_seed() if dropout_on else 0,
+                backend=self.backend, compute_rowsq=want_norms,
+            )
+        if want_norms:
+            self._accumulate_norms(rowsq)
+        return y
+
+    # ------------------------------------------------------------------ norm statistics
+    @torch.no_grad()
+    def _accumulate_norms(self, rowsq):
+        rowsq = rowsq.detach().double()
+        mask = self.norm_token_mask
+        if mask is None:
+            sums = torch.stack([rowsq.sum(), rowsq.sqrt().sum(), rowsq.new_tensor(rowsq.numel())])
+        else:
+            if tuple(mask.shape) != tuple(rowsq.shape):
+                raise ValueError(f"norm_token_mask has shape {tuple(mask.shape)}, but the input's token "
+                                 f"dims are {tuple(rowsq.shape)}")
+            keep = mask.to(device=rowsq.device, dtype=torch.float64)
+            # Multiplying by the mask instead of boolean indexing keeps CUDA free of host syncs.
+            sums = torch.stack([(rowsq * keep).sum(), (rowsq.sqrt() * keep).sum(), keep.sum()])
+        self._norm_sums += sums
+
+    def norm_stat_tensor(self):
+        """The raw accumulators [Σ‖x‖², Σ‖x‖, count] as one float64 tensor (for all-reduce)."""
+        return self._norm_sums
+
+    def norm_stats(self):
+        """Σ‖x_t‖², Σ‖x_t‖, token count, mean token norm and RMS of the input's entries.
+
+        ``rms`` = sqrt(Σ‖x_t‖² / (count · in_features)): comparable across modules of different widths.
+        """
+        sum_sq, sum_norm, count = self._norm_sums.tolist()
+        n = max(count, 1.0)
+        return {
+            "sum_sq_norm": sum_sq,
+            "sum_norm": sum_norm,
+            "count": int(count),
+            "mean_norm": sum_norm / n,
+            "rms": math.sqrt(sum_sq / (n * self.in_features)),
+        }
+
+    def reset_norm_stats(self):
+        self._norm_sums.zero_()
+
+    # ------------------------------------------------------------------ adapter control
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Temporarily run the frozen base only (norm tracking, if on, continues)."""
+        previous = self.adapter_enabled
+        self.adapter_enabled = False
+        try:
+            yield self
+        finally:
+            self.adapter_enabled = previous
+
+    @torch.no_grad()
+    def _delta_weight(self):
+        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold s·B·A into the base weight; forward then skips the adapter."""
+        if self.lora_A is None:
+            raise RuntimeError("a probe-mode layer with r=0 has no adapter to merge")
+        if self.merged:
+            raise RuntimeError("adapter is already merged")
+        weight = self.base_layer.weight
+        weight.copy_((weight.float() + self._delta_weight()).to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        """Subtract s·B·A from the base weight again."""
+        if not self.merged:
+            raise RuntimeError("adapter is not merged")
+        weight = self.base_layer.weight
+        weight.copy_((weight.float() - self._delta_weight()).to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
+                f"alpha={self.lora_alpha}, dropout={self.lora_dropout}, backend={self.backend!r}, "
+                f"track_norms={self.track_norms}, probe={self.probe}")

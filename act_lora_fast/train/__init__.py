@@ -1,0 +1,1 @@
+"""Training, GLUE data and metrics, cost accounting."""

@@ -1,0 +1,119 @@
+"""The fused PyTorch path (CPU) against the float64 textbook formula: forward, Σx², every gradient."""
+import pytest
+import torch
+
+from act_lora_fast.functional import dropout_mask, lora_linear
+from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference
+
+# Bound on max|ours - ref| / max|ref| per dtype (fp16 keeps ~11 bits; sums over K=512 lose a few more).
+REL_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def rel_err(actual, expected):
+    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
+def make_inputs(lead_shape, k_in, n_out, r, dtype, bias, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead_shape, k_in, generator=gen)
+    weight = torch.randn(n_out, k_in, generator=gen) / k_in**0.5
+    b = torch.randn(n_out, generator=gen) if bias else None
+    lora_A = torch.randn(r, k_in, generator=gen) / k_in**0.5
+    lora_B = torch.randn(n_out, r, generator=gen) / r**0.5  # non-zero B: zeros would hide dA bugs
+    dy = torch.randn(*lead_shape, n_out, generator=gen)
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return [cast(t) for t in (x, weight, b, lora_A, lora_B, dy)]
+
+
+def run_with_grads(fn, x, weight, b, lora_A, lora_B, dy):
+    x, lora_A, lora_B = (t.detach().clone().requires_grad_() for t in (x, lora_A, lora_B))
+    y = fn(x, weight, b, lora_A, lora_B)
+    y.backward(dy)
+    return y, x.grad, lora_A.grad, lora_B.grad
+
+
+SHAPES = [((2, 128), 512, 512), ((5, 123), 123, 123), ((77,), 64, 200)]
+
+
+@pytest.mark.parametrize("lead_shape, k_in, n_out", SHAPES)
+@pytest.mark.parametrize("r", [1, 4, 8, 16, 64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_forward_and_grads_match_float64(lead_shape, k_in, n_out, r, bias, dtype):
+    x, weight, b, lora_A, lora_B, dy = make_inputs(lead_shape, k_in, n_out, r, dtype, bias)
+    scaling = 2.0
+
+    def ours(x, weight, b, lora_A, lora_B):
+        y, rowsq = lora_linear(x, weight, b, lora_A, lora_B, scaling, backend="torch", compute_rowsq=True)
+        assert rowsq.dtype == torch.float32 and rowsq.shape == x.shape[:-1]
+        assert rel_err(rowsq, row_sq_norms_reference(x)) < REL_TOL[torch.float32] * 10
+        return y
+
+    def reference(x, weight, b, lora_A, lora_B):
+        return lora_linear_reference(x, weight, b, lora_A, lora_B, scaling)
+
+    got = run_with_grads(ours, x, weight, b, lora_A, lora_B, dy)
+    want = run_with_grads(reference, *(None if t is None else t.double() for t in (x, weight, b, lora_A, lora_B, dy)))
+    for name, g, w in zip(("y", "dx", "dA", "dB"), got, want):
+        assert g.dtype == dtype, name
+        assert rel_err(g, w) < REL_TOL[dtype], f"{name}: {rel_err(g, w):.2e}"
+
+
+def test_non_contiguous_input():
+    x, weight, b, lora_A, lora_B, dy = make_inputs((40,), 2 * 96, 80, 8, torch.float32, True)
+    x_strided = x[:, ::2]  # every other feature: a strided, non-contiguous view
+    assert not x_strided.is_contiguous()
+    fn = lambda x, w, b, a, bb: lora_linear(x, w, b, a, bb, 0.5, backend="torch")[0]  # noqa: E731
+    ref = lambda x, w, b, a, bb: lora_linear_reference(x, w, b, a, bb, 0.5)  # noqa: E731
+    got = run_with_grads(fn, x_strided, weight[:, :96], b, lora_A[:, :96], lora_B, dy)
+    want = run_with_grads(ref, *(t.double() for t in (x_strided, weight[:, :96], b, lora_A[:, :96], lora_B, dy)))
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < REL_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("lead_shape", [(3, 37), (3, 97)])  # below and above STACK_MIN_TOKENS
+def test_dropout_uses_one_mask_in_forward_and_backward(p, lead_shape):
+    x, weight, b, lora_A, lora_B, dy = make_inputs(lead_shape, 96, 72, 8, torch.float32, True)
+    seed = 1234
+    keep = dropout_mask((lead_shape[0] * lead_shape[1], 96), p, seed, x.device).reshape(*lead_shape, 96)
+    fn = lambda x, w, b, a, bb: lora_linear(x, w, b, a, bb, 1.5, dropout_p=p, seed=seed, backend="torch")[0]  # noqa: E731
+    ref = lambda x, w, b, a, bb: lora_linear_reference(x, w, b, a, bb, 1.5, keep.double())  # noqa: E731
+    got = run_with_grads(fn, x, weight, b, lora_A, lora_B, dy)
+    want = run_with_grads(ref, *(t.double() for t in (x, weight, b, lora_A, lora_B, dy)))
+    for name, g, w in zip(("y", "dx", "dA", "dB"), got, want):
+        assert rel_err(g, w) < REL_TOL[torch.float32], name
+
+
+def test_dropout_mask_has_right_expectation_and_rate():
+    p = 0.3
+    keep = dropout_mask((400, 500), p, seed=7, device=torch.device("cpu"))
+    values = keep.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p))
+    assert (keep == 0).float().mean().item() == pytest.approx(p, abs=0.01)
+    assert keep.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert not torch.equal(keep, dropout_mask((400, 500), p, seed=8, device=torch.device("cpu")))
+
+
+def test_dropout_zero_is_identical_to_no_dropout():
+    x, weight, b, lora_A, lora_B, _ = make_inputs((50,), 64, 48, 4, torch.float32, True)
+    y0, _ = lora_linear(x, weight, b, lora_A, lora_B, 2.0, dropout_p=0.0, seed=99, backend="torch")
+    y1, _ = lora_linear(x, weight, b, lora_A, lora_B, 2.0, backend="torch")
+    assert torch.equal(y0, y1)
+
+
+def test_probe_mode_is_the_frozen_linear_plus_norms():
+    x, weight, b, *_ = make_inputs((4, 33), 65, 31, 1, torch.float32, True)
+    y, rowsq = lora_linear(x, weight, b, None, None, 0.0, backend="torch", compute_rowsq=True)
+    assert torch.allclose(y, torch.nn.functional.linear(x, weight, b), atol=1e-6)
+    assert rel_err(rowsq, row_sq_norms_reference(x)) < 1e-6
+
+
+def test_saves_no_input_copy_when_adapter_frozen():
+    """x is saved only for dA: with A frozen nothing of size T×in is kept for backward."""
+    x, weight, b, lora_A, lora_B, _ = make_inputs((256,), 128, 64, 4, torch.float32, True)
+    lora_B.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        lora_linear(x, weight, b, lora_A, lora_B, 1.0, backend="torch")
+    assert x.numel() not in saved
