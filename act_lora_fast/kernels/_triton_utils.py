@@ -1,0 +1,116 @@
+"""Small helpers shared by the Triton LoRA kernels (device checks, block sizes, dot helpers)."""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET_ERROR = (
+    "backend='triton' needs CUDA tensors or TRITON_INTERPRET=1 (set before act_lora_fast / triton kernels "
+    "are imported) to run on CPU tensors through the Triton interpreter"
+)
+
+
+def interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_available(device) -> bool:
+    """True when Triton kernels can run on tensors living on `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and interpret_env()
+
+
+def check_triton_device(*tensors, kernel=None) -> None:
+    """Raise a clear RuntimeError when the kernels cannot run on these tensors.
+
+    `kernel` (any @triton.jit object of ours) lets us also catch the case where
+    TRITON_INTERPRET=1 was set only after the kernels had been decorated: they were
+    then built for the GPU and would fail with an obscure pointer error on CPU data.
+    """
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise RuntimeError(f"backend='triton' needs all tensors on one device, got {sorted(map(str, devices))}")
+    for dev in devices:
+        if dev.type == "cuda":
+            continue
+        if dev.type != "cpu" or not interpret_env():
+            raise RuntimeError(_INTERPRET_ERROR + f" (got tensors on {dev})")
+        if kernel is not None and type(kernel).__name__ != "InterpretedFunction":
+            raise RuntimeError(_INTERPRET_ERROR + " (TRITON_INTERPRET=1 was set after the kernels were built)")
+
+
+def use_interpreter_path(t: torch.Tensor) -> bool:
+    """Fixed small configs + fp32 dots: CPU tensors only ever run under the interpreter."""
+    return t.device.type != "cuda" or interpret_env()
+
+
+def skinny_launch(t: torch.Tensor, BR: int) -> dict:
+    """num_warps/num_stages for the rank-r (skinny) kernels; wide ranks get more warps so the
+    (rows x BLOCK_R) fp32 accumulator plus the Philox state of a dropout tile stay in registers."""
+    if use_interpreter_path(t):
+        return {}
+    return dict(num_warps=8 if BR >= 64 else 4, num_stages=3)
+
+
+def block_r(r: int) -> int:
+    # tl.dot needs every dim >= 16 on sm_90 for 16-bit operands, and power-of-two tiles.
+    return max(16, triton.next_power_of_2(int(r)))
+
+
+# Tests flip this to run the GPU's 16-bit dot path under the interpreter (fine for fp16, not bf16).
+INTERPRETER_F32_DOTS = True
+
+
+def f32_dot(t: torch.Tensor) -> bool:
+    # The interpreter computes bf16 dots/arithmetic wrongly -> run everything in fp32 there;
+    # on the GPU fp32 inputs must also use IEEE dots to meet the 1e-4 accuracy target.
+    return t.dtype == torch.float32 or (INTERPRETER_F32_DOTS and use_interpreter_path(t))
+
+
+def num_sms(device) -> int:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # interpreter: few large programs run fastest
+
+
+@triton.jit
+def to_dot(t, ref_ptr, F32_DOT: tl.constexpr):
+    """Cast a tile to the dot operand dtype: fp32 (IEEE path) or the 16-bit dtype of `ref_ptr`."""
+    if F32_DOT:
+        out = t.to(tl.float32)
+    else:
+        out = t.to(ref_ptr.dtype.element_ty)
+    return out
+
+
+@triton.jit
+def mma(a, b, acc, F32_DOT: tl.constexpr):
+    """acc += a @ b with fp32 accumulation; IEEE for fp32 operands (no TF32 rounding)."""
+    if F32_DOT:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def keep_mask(seed, rows, cols, n_cols, p):
+    """Dropout keep mask for a (rows x cols) tile; offsets are global element indices so that
+    forward, backward and dropout_mask() regenerate the very same bits."""
+    offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+    return tl.rand(seed, offs) >= p
+
+
+@triton.jit
+def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    # Programs sharing GROUP_M row blocks run together so their W tiles stay in L2 (matmul tutorial).
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n

@@ -1,0 +1,236 @@
+"""Triton LoRA kernels vs the float64 textbook reference (CPU through TRITON_INTERPRET=1, or CUDA)."""
+import os
+
+import torch
+
+# The interpreter is chosen when the kernels are decorated, i.e. at act_lora_fast import: set it first.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from act_lora_fast.kernels import triton_autograd as TA  # noqa: E402
+from act_lora_fast.kernels._triton_utils import check_triton_device  # noqa: E402
+from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference  # noqa: E402
+from act_lora_fast.kernels.triton_backward import lora_backward, lora_backward_reference  # noqa: E402
+from act_lora_fast.kernels.triton_forward import dropout_mask, lora_forward, lora_forward_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Bounds on max|out - ref| / max|ref| against float64.
+FP32_RTOL = 1e-4
+FP16_RTOL = 2e-2
+BF16_RTOL = 3e-2
+DTYPES = [
+    pytest.param(torch.float32, FP32_RTOL, id="fp32"),
+    pytest.param(torch.float16, FP16_RTOL, id="fp16"),
+    pytest.param(torch.bfloat16, BF16_RTOL, id="bf16"),
+]
+SCALING = 0.75
+
+
+def rel_err(out, ref):
+    out, ref = out.double().cpu(), ref.double().cpu()
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def make_inputs(T, K, N, r, dtype, bias, seed=0, origin_3d=None):
+    """Fresh random inputs (B random too: the zero init of real LoRA would hide expand bugs)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype).to(DEVICE)
+
+    x = rnd(*origin_3d).reshape(-1, K) if origin_3d else rnd(T, K)
+    assert x.shape == (T, K)
+    W = rnd(N, K, scale=K ** -0.5)
+    b = rnd(N) if bias else None
+    A = rnd(r, K, scale=K ** -0.5) if r else None
+    B = rnd(N, r) if r else None
+    dy = rnd(T, N)
+    return x, W, b, A, B, dy
+
+
+def reference(x, W, b, A, B, dy, s, mask=None):
+    """float64 autograd through the project's textbook formula: (y, rowsq, (dx, dA, dB))."""
+    def leaf(t):
+        return t.detach().double().cpu().requires_grad_(True) if t is not None else None
+
+    x64, A64, B64 = leaf(x), leaf(A), leaf(B)
+    cpu64 = lambda t: t.double().cpu() if t is not None else None  # noqa: E731
+    y = lora_linear_reference(x64, cpu64(W), cpu64(b), A64, B64, s, keep_mask=cpu64(mask))
+    y.backward(dy.double().cpu())
+    grads = tuple(t.grad if t is not None else None for t in (x64, A64, B64))
+    return y.detach(), row_sq_norms_reference(x.cpu()), grads
+
+
+def run_autograd(x, W, b, A, B, dy, s, p=0.0, seed=0, compute_rowsq=True):
+    x = x.detach().requires_grad_(True)
+    A = A.detach().requires_grad_(True)
+    B = B.detach().requires_grad_(True)
+    y, rowsq = TA.triton_lora_linear(x, W, b, A, B, s, p, seed, compute_rowsq)
+    y.backward(dy)
+    return y.detach(), rowsq, (x.grad, A.grad, B.grad)
+
+
+def check_all(out, ref, rtol):
+    (y, rowsq, grads), (y_r, rowsq_r, grads_r) = out, ref
+    assert y.shape == y_r.shape
+    assert rel_err(y, y_r) < rtol, "y"
+    assert rowsq.dtype == torch.float32
+    assert rel_err(rowsq, rowsq_r) < FP32_RTOL, "rowsq"  # fp32 sums of the exact input values
+    for name, g, g_r in zip(("dx", "dA", "dB"), grads, grads_r):
+        assert g is not None and g.shape == g_r.shape, name
+        assert rel_err(g, g_r) < rtol, name
+
+
+# (T, K_in, N_out, r, 3-D origin of x). Large ranks get a small T to keep the interpreter fast.
+SHAPES = [
+    pytest.param(2 * 128, 512, 512, 8, None, id="256x512x512-r8"),
+    pytest.param(5 * 123, 123, 123, 1, (5, 123, 123), id="5x123x123-r1"),
+    pytest.param(5 * 123, 123, 123, 16, (5, 123, 123), id="5x123x123-r16"),
+    pytest.param(2 * 32, 256, 192, 64, (2, 32, 256), id="64x256x192-r64"),
+    pytest.param(33, 97, 65, 4, None, id="33x97x65-r4"),
+]
+
+
+@pytest.mark.parametrize("T, K, N, r, origin", SHAPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype, rtol", DTYPES)
+def test_lora_forward_backward(T, K, N, r, origin, bias, dtype, rtol):
+    x, W, b, A, B, dy = make_inputs(T, K, N, r, dtype, bias, origin_3d=origin)
+    out = run_autograd(x, W, b, A, B, dy, SCALING)
+    assert out[0].dtype == dtype and out[2][0].dtype == dtype
+    check_all(out, reference(x, W, b, A, B, dy, SCALING), rtol)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="interpreter-only: the GPU always runs this path")
+def test_native_16bit_dot_path_fp16(monkeypatch):
+    """Run the GPU's 16-bit-operand dot path (casts of fp32 xa/dyB to the input dtype) in the
+    interpreter; only fp16 -- the interpreter's bf16 dots are wrong."""
+    from act_lora_fast.kernels import _triton_utils
+
+    monkeypatch.setattr(_triton_utils, "INTERPRETER_F32_DOTS", False)
+    T, K, N, r, p, seed = 70, 96, 80, 8, 0.25, 21
+    x, W, b, A, B, dy = make_inputs(T, K, N, r, torch.float16, True, seed=3)
+    mask = dropout_mask((T, K), p, seed, DEVICE)
+    out = run_autograd(x, W, b, A, B, dy, SCALING, p=p, seed=seed)
+    check_all(out, reference(x, W, b, A, B, dy, SCALING, mask=mask), FP16_RTOL)
+
+
+@pytest.mark.parametrize("r", [2, 128])
+def test_rank_extremes_fp32(r):
+    x, W, b, A, B, dy = make_inputs(19, 45, 37, r, torch.float32, True, seed=r)
+    check_all(run_autograd(x, W, b, A, B, dy, SCALING), reference(x, W, b, A, B, dy, SCALING), FP32_RTOL)
+
+
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+@pytest.mark.parametrize("dtype, rtol", [DTYPES[0], DTYPES[2]])
+def test_non_contiguous(layout, dtype, rtol):
+    T, K, N, r = 70, 96, 80, 8
+    _, W, b, A, B, dy = make_inputs(T, K, N, r, dtype, True, seed=3)
+    big = torch.randn(T, 2 * K, generator=torch.Generator().manual_seed(4)).to(dtype).to(DEVICE)
+    x = big[:, ::2] if layout == "strided" else big[:, :K].t().contiguous().t()
+    dy_nc = torch.stack([dy, -dy], dim=2).reshape(T, 2 * N)[:, ::2]  # same values, column stride 2
+    assert not x.is_contiguous() and not dy_nc.is_contiguous()
+    check_all(run_autograd(x, W, b, A, B, dy_nc, SCALING), reference(x, W, b, A, B, dy, SCALING), rtol)
+
+
+@pytest.mark.parametrize("dtype, rtol", [DTYPES[0], DTYPES[2]])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_uses_dropout_mask(p, dtype, rtol):
+    T, K, N, r, seed = 150, 72, 48, 8, 1234
+    x, W, b, A, B, dy = make_inputs(T, K, N, r, dtype, True, seed=7)
+    mask = dropout_mask((T, K), p, seed, DEVICE)
+    # The same mask must be used by forward (y, xa) and regenerated by backward (dx, dA, dB).
+    out = run_autograd(x, W, b, A, B, dy, SCALING, p=p, seed=seed)
+    check_all(out, reference(x, W, b, A, B, dy, SCALING, mask=mask), rtol)
+    # ... and a different seed gives a different result.
+    y_other = run_autograd(x, W, b, A, B, dy, SCALING, p=p, seed=seed + 1)[0]
+    assert rel_err(y_other, out[0]) > 10 * rtol
+
+
+def test_dropout_mask_properties():
+    p, shape = 0.3, (257, 131)
+    m = dropout_mask(shape, p, 42, DEVICE)
+    assert m.shape == shape and m.dtype == torch.float32
+    assert torch.all((m == 0) | torch.isclose(m, torch.full_like(m, 1 / (1 - p))))
+    assert abs((m > 0).float().mean().item() - (1 - p)) < 0.02
+    assert torch.equal(m, dropout_mask(shape, p, 42, DEVICE))
+    assert not torch.equal(m, dropout_mask(shape, p, 43, DEVICE))
+    # Offsets are global element indices: a sub-block of rows is a prefix of the full mask.
+    assert torch.equal(dropout_mask((100, 131), p, 42, DEVICE), m[:100])
+    assert torch.equal(dropout_mask(shape, 0.0, 42, DEVICE), torch.ones(shape, device=DEVICE))
+
+
+def test_p_zero_is_no_dropout():
+    x, W, b, A, B, dy = make_inputs(40, 64, 48, 4, torch.float32, True, seed=9)
+    y0, xa0, rs0 = lora_forward(x, W, b, A, B, SCALING)
+    y1, xa1, rs1 = lora_forward(x, W, b, A, B, SCALING, dropout_p=0.0, seed=999)
+    assert torch.equal(y0, y1) and torch.equal(xa0, xa1) and torch.equal(rs0, rs1)
+    g0 = lora_backward(dy, x, W, A, B, xa0, SCALING, 0.0, 0, True, True, True)
+    g1 = lora_backward(dy, x, W, A, B, xa0, SCALING, 0.0, 999, True, True, True)
+    assert all(torch.equal(u, v) for u, v in zip(g0, g1))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype, rtol", [DTYPES[0], DTYPES[2]])
+def test_probe_mode(bias, dtype, rtol):
+    T, K, N = 3 * 41, 100, 130  # several column blocks: only pid_n == 0 may write rowsq
+    x, W, b, _, _, dy = make_inputs(T, K, N, 0, dtype, bias, seed=11)
+    xg = x.detach().requires_grad_(True)
+    y, rowsq = TA.triton_probe_linear(xg, W, b)
+    assert not rowsq.requires_grad
+    y.backward(dy)
+    y_r, rowsq_r, (dx_r, _, _) = reference(x, W, b, None, None, dy, SCALING)
+    assert rel_err(y, y_r) < rtol
+    assert rel_err(rowsq, rowsq_r) < FP32_RTOL
+    assert rel_err(xg.grad, dx_r) < rtol
+    # lora_forward without adapters is the same probe path.
+    y2, xa2, rs2 = lora_forward(x, W, b, None, None, SCALING, compute_rowsq=False)
+    assert xa2 is None and rs2 is None and torch.equal(y2, y.detach())
+
+
+def test_autograd_respects_needs_input_grad():
+    x, W, b, A, B, dy = make_inputs(50, 40, 30, 4, torch.float32, True, seed=5)
+    _, _, (dx_r, dA_r, dB_r) = reference(x, W, b, A, B, dy, SCALING)
+    # Only B trains, x is a leaf without grad: no dx, no dA, x not needed.
+    Bg = B.detach().requires_grad_(True)
+    y, rowsq = TA.triton_lora_linear(x, W, b, A, Bg, SCALING, 0.0, 0, False)
+    assert rowsq.numel() == 0 and not rowsq.requires_grad
+    y.backward(dy)
+    assert rel_err(Bg.grad, dB_r) < FP32_RTOL
+    # Only A trains.
+    Ag = A.detach().requires_grad_(True)
+    y, _ = TA.TritonLoRAFunction.apply(x, W, b, Ag, B, SCALING, 0.0, 0, True)
+    (y * dy).sum().backward()
+    assert rel_err(Ag.grad, dA_r) < FP32_RTOL
+    # dy with zero strides (from .sum()) is handled too.
+    xg = x.detach().requires_grad_(True)
+    TA.triton_lora_linear(xg, W, b, A, B, SCALING)[0].sum().backward()
+    dx_sum = reference(x, W, b, A, B, torch.ones_like(dy), SCALING)[2][0]
+    assert rel_err(xg.grad, dx_sum) < FP32_RTOL
+
+
+def test_kernel_module_references_match_reference():
+    x, W, b, A, B, dy = make_inputs(20, 24, 28, 4, torch.float32, True, seed=13)
+    mask = (torch.rand(20, 24, generator=torch.Generator().manual_seed(0)) > 0.3).float() / 0.7
+    y_r, rowsq_r, grads_r = reference(x, W, b, A, B, dy, SCALING, mask=mask)
+    y, _, rowsq = lora_forward_reference(x, W, b, A, B, SCALING, mask=mask)
+    grads = lora_backward_reference(dy, x, W, A, B, SCALING, mask=mask)
+    assert rel_err(y, y_r) < 1e-12 and rel_err(rowsq, rowsq_r) < 1e-12
+    assert all(rel_err(g, g_r) < 1e-12 for g, g_r in zip(grads, grads_r))
+
+
+def test_cpu_without_interpreter_raises(monkeypatch):
+    x = torch.randn(4, 8)
+    W = torch.randn(6, 8)
+    assert TA.triton_available("cpu") == (os.environ.get("TRITON_INTERPRET") == "1")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not TA.triton_available("cpu")
+    with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors or TRITON_INTERPRET=1"):
+        check_triton_device(x, W)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        lora_forward(x, W, None, None, None, 1.0)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        TA.triton_probe_linear(x, W)
