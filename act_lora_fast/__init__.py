@@ -8,6 +8,10 @@ from .selection import select_layers
 from .stability import ranking_stability
 from .cost import CostModel, calibrate_cost_model, estimate_cost, select_within_budget
 from .scaling import ScalingConfig, compare_with_peft, run_scaling
+# `finetune`, not `train`: that name would shadow the act_lora_fast.train subpackage.
+from .train.loop import TrainConfig, TrainResult, evaluate, train as finetune
+from .train.compare import run_compare
+from .train.glue import load_glue
 
 __version__ = "0.1.0"
 
@@ -16,3 +20,4 @@ __all__ += ["profile_activations", "profile_gradients", "LayerScores", "select_l
             "save_adapter", "load_adapter", "ranking_stability"]
 __all__ += ["CostModel", "calibrate_cost_model", "estimate_cost", "select_within_budget", "ScalingConfig",
             "run_scaling", "compare_with_peft"]
+__all__ += ["TrainConfig", "TrainResult", "finetune", "evaluate", "run_compare", "load_glue"]

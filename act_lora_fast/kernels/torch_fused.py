@@ -4,6 +4,7 @@ Compared with the unfused formula (and PEFT's lora.Linear) it
 - never stores a dropout copy of x: the keep mask is regenerated in backward from the call's seed;
 - adds the rank-r expand into the base output in place (addmm) instead of allocating a second T×out tensor;
 - saves x·Aᵀ (T×r) for dB instead of recomputing it, and saves x only when A needs a gradient;
+- gets dy·W and dy·B from one GEMM against [W, B] in backward, so dy is read once for both;
 - computes the per-token Σx² in the same call, in fp32, for activation-norm tracking.
 """
 import torch
@@ -22,52 +23,42 @@ def row_sq_norms(x2d):
     return torch.linalg.vector_norm(x2d, ord=2, dim=1, dtype=torch.float32).square_()
 
 
-# Below this many tokens the copy of W that stacking makes costs more than the skinny rank-r GEMMs it saves.
+# Below this many tokens the copy of W that stacking makes costs more than the skinny GEMM it saves.
 STACK_MIN_TOKENS = 256
 
 
-def _base_plus_shrink(x2d, weight, bias, lora_A):
-    """(x·Wᵀ + b, x·Aᵀ) from ONE GEMM against [W; A]: x is read once and the rank-r product, a GEMM too
-    skinny for BLAS to run fast on its own, rides along with the big one."""
-    n_out = weight.shape[0]
-    stacked_bias = None if bias is None else torch.cat([bias, bias.new_zeros(lora_A.shape[0])])
-    stacked_weight = torch.cat([weight, lora_A])
-    y_and_xa = (torch.addmm(stacked_bias, x2d, stacked_weight.t()) if bias is not None
-                else x2d @ stacked_weight.t())
-    # xa is saved for backward; cloning it keeps the saved tensor T×r instead of pinning all of y_and_xa.
-    return y_and_xa[:, :n_out], y_and_xa[:, n_out:].clone()
-
-
 def _dx_base_plus_dyB(dy, weight, lora_B):
-    """(dy·W, dy·B) from ONE GEMM against [W, B], for the same reason."""
+    """(dy·W, dy·B) from ONE GEMM against [W, B]: dy is read once and the rank-r product, too skinny for
+    BLAS to run fast on its own, rides along with the big one. dy·W comes back as a strided view; it is a
+    transient gradient, so unlike a forward output it pins nothing and nothing saves it."""
     k_in = weight.shape[1]
     both = dy @ torch.cat([weight, lora_B], dim=1)
-    return both[:, :k_in], both[:, k_in:].clone()
+    return both[:, :k_in], both[:, k_in:]
 
 
 class TorchFusedLoRA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq):
         rowsq = row_sq_norms(x2d) if compute_rowsq else x2d.new_empty(0, dtype=torch.float32)
-        if dropout_p == 0.0 and x2d.shape[0] >= STACK_MIN_TOKENS:
-            y, xa = _base_plus_shrink(x2d, weight, bias, lora_A)
-        else:
-            x_lora = x2d
-            if dropout_p > 0.0:
-                x_lora = x2d * dropout_keep_mask(x2d.shape, dropout_p, seed, x2d.device, x2d.dtype)
-            xa = x_lora @ lora_A.t()
-            del x_lora
-            y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
-        y.addmm_(xa, lora_B.t(), alpha=scaling)
+        x_lora = x2d
+        if dropout_p > 0.0:
+            x_lora = x2d * dropout_keep_mask(x2d.shape, dropout_p, seed, x2d.device, x2d.dtype)
+        # (x·Aᵀ)ᵀ = A·xᵀ: BLAS runs the skinny product faster in this orientation, and a contiguous r×T
+        # saved tensor is what dB needs. The forward output stays a plain contiguous tensor: stacking
+        # [W; A] into one GEMM was measured to slow the ops downstream that read (and save) a strided y.
+        xa_t = lora_A @ x_lora.t()
+        del x_lora
+        y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
+        y.addmm_(xa_t.t(), lora_B.t(), alpha=scaling)
 
         ctx.scaling, ctx.dropout_p, ctx.seed = scaling, dropout_p, seed
-        ctx.save_for_backward(x2d if ctx.needs_input_grad[3] else None, weight, lora_A, lora_B, xa)
+        ctx.save_for_backward(x2d if ctx.needs_input_grad[3] else None, weight, lora_A, lora_B, xa_t)
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
 
     @staticmethod
     def backward(ctx, dy, _drowsq):
-        x2d, weight, lora_A, lora_B, xa = ctx.saved_tensors
+        x2d, weight, lora_A, lora_B, xa_t = ctx.saved_tensors
         s, p = ctx.scaling, ctx.dropout_p
         keep = None
         if p > 0.0 and (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
@@ -89,7 +80,7 @@ class TorchFusedLoRA(torch.autograd.Function):
             dA = (dyB.t() @ x_lora).mul_(s)
         if ctx.needs_input_grad[4]:
             # (xaᵀ·dy)ᵀ rather than dyᵀ·xa: BLAS reduces over T far faster in this orientation.
-            dB = (xa.t() @ dy).t().mul_(s)
+            dB = (xa_t @ dy).t().mul_(s)
         return dx, None, None, dA, dB, None, None, None, None
 
 
