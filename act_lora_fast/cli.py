@@ -26,7 +26,12 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as err:
+        # Bad input already carries a message naming the problem; a traceback would only bury it.
+        print(f"act-lora {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

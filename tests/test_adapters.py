@@ -6,10 +6,12 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_anatomy import minilm_path, tiny_model, token_batch, one_thread  # noqa: F401 (autouse fixture)
+from test_anatomy import minilm_path, tiny_model, token_batch  # noqa: F401 (fixtures)
 
 from act_lora_fast import apply_act_lora, load_adapter, save_adapter
 from act_lora_fast.inject import lora_modules
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 peft = pytest.importorskip("peft")
 

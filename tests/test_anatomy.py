@@ -13,14 +13,7 @@ _SMALL = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=4, interm
 _LLAMA_LIKE = dict(num_key_value_heads=2, head_dim=12, **_SMALL)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box (other suites running)
-    two OpenMP threads contend and run 5-15x slower; the Act-LoRA test modules import this fixture."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(kind, layers=3):

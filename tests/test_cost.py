@@ -14,14 +14,7 @@ from act_lora_fast.cost import (CostModel, calibrate_cost_model, default_calibra
 from act_lora_fast.scaling import BenchSettings, synthetic_batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    threads make them 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def formula(layers, coefs, adapter_w, depth_w):

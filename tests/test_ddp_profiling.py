@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_anatomy import tiny_model, token_batch, one_thread  # noqa: F401 (autouse fixture)
+from test_anatomy import tiny_model, token_batch  # noqa: F401 (fixtures)
 
 from act_lora_fast import profile_activations, profile_gradients
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD = 2
 

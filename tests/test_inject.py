@@ -5,12 +5,14 @@ import pytest
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-from test_anatomy import tiny_model, token_batch, one_thread  # noqa: F401 (autouse fixture)
+from test_anatomy import tiny_model, token_batch  # noqa: F401 (fixtures)
 
 from act_lora_fast import apply_act_lora
 from act_lora_fast.anatomy import Conv1DAsLinear, target_linears
 from act_lora_fast.inject import ActLoRAConfig, count_lora_parameters, lora_modules, remove_act_lora
 from act_lora_fast.layer import FastActLoRALinear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_lora(model, seed=0):

@@ -8,13 +8,15 @@ import os
 import pytest
 import torch
 from torch import nn
-from test_anatomy import minilm_path, tiny_model, token_batch, one_thread  # noqa: F401 (autouse fixture)
+from test_anatomy import minilm_path, tiny_model, token_batch  # noqa: F401 (fixtures)
 
 from act_lora_fast import LayerScores, apply_act_lora, profile_activations, profile_gradients
 from act_lora_fast.anatomy import target_linears
 from act_lora_fast.cli import main
 from act_lora_fast.inject import lora_modules
 from act_lora_fast.layer import FastActLoRALinear
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split_unpadded(batch):

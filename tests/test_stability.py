@@ -4,11 +4,13 @@ import os
 
 import pytest
 from scipy import stats
-from test_anatomy import minilm_path, one_thread  # noqa: F401 (autouse fixture)
+from test_anatomy import minilm_path  # noqa: F401 (fixtures)
 
 from act_lora_fast import LayerScores, ranking_stability
 from act_lora_fast.cli import main
 from act_lora_fast.stability import ranking_agreement, stability_study
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 GLUE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue")
 

@@ -132,7 +132,7 @@ def format_table(rows, title=None):
     lines += ["| variant | layers | score | Δ score | step ms | Δ time % | peak mem MiB | LoRA params |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        layers = ",".join(map(str, row["layers"])) if row["layers"] is not None else "?"
+        layers = ",".join(map(str, row["layers"])) if row["layers"] is not None else "per task"
         lines.append(f"| {row['variant']} | {layers} | {row['score']:.2f} | {row['delta_score']:+.2f} | "
                      f"{row['step_ms']:.1f} | {row['delta_time_pct']:+.1f} | "
                      f"{row['peak_memory_bytes'] / 2**20:.1f} | {row['lora_parameters']:,} |")
@@ -171,11 +171,12 @@ def plot_compare(rows, path, title=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for row in rows:
+    for index, row in enumerate(rows):
         marker = "s" if row["selection"] == "all" else ("o" if row["selection"] == "activation" else "^")
         ax.scatter(row["step_ms"], row["score"], marker=marker, s=50)
-        ax.annotate(row["variant"], (row["step_ms"], row["score"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        # Alternate label sides so variants with equal scores (same blocks) stay readable.
+        ax.annotate(row["variant"], (row["step_ms"], row["score"]), fontsize=7,
+                    xytext=(5, 4) if index % 2 == 0 else (5, -10), textcoords="offset points")
     ax.set(xlabel="median step time (ms)", ylabel="score (GLUE points)", title=title or "")
     ax.grid(alpha=0.3)
     return _save_figure(fig, path)
