@@ -1,7 +1,5 @@
 """`act-lora profile`, `act-lora select`, `act-lora stability`: the Act-LoRA method on the command line."""
 import argparse
-import functools
-import sys
 
 
 def _positive_int(text):
@@ -13,18 +11,6 @@ def _positive_int(text):
 
 def _target_list(text):
     return text if text == "all-linear" else [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _clean_errors(handler):
-    """Bad input ends in one readable line and exit status 2, not a traceback."""
-    @functools.wraps(handler)
-    def wrapper(args):
-        try:
-            return handler(args)
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            print(f"act-lora {args.command}: error: {err}", file=sys.stderr)
-            return 2
-    return wrapper
 
 
 def add_commands(subparsers):
@@ -60,7 +46,7 @@ def add_commands(subparsers):
     profile.add_argument("--out", metavar="JSON", help="write the scores here (input of `act-lora select`)")
     profile.add_argument("--plot", metavar="PNG", help="write a bar + cumulative-importance plot here")
     profile.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    profile.set_defaults(func=_clean_errors(run_profile))
+    profile.set_defaults(func=run_profile)
 
     select = subparsers.add_parser(
         "select", help="choose the blocks to put LoRA on from a scores file",
@@ -81,7 +67,7 @@ def add_commands(subparsers):
     select.add_argument("--r", type=_positive_int, default=8, help="LoRA rank for the parameter count (default: 8)")
     select.add_argument("--model", metavar="PATH",
                         help="count parameters on this model when the scores file has no module shapes")
-    select.set_defaults(func=_clean_errors(run_select))
+    select.set_defaults(func=run_select)
 
     stability = subparsers.add_parser(
         "stability", help="study: activation vs gradient layer rankings across seeds and GLUE tasks",
@@ -103,7 +89,7 @@ def add_commands(subparsers):
     stability.add_argument("--out", metavar="DIR",
                            help="write stability.json, stability.png and stability.txt here")
     stability.add_argument("--no-progress", action="store_true", help="print nothing until the table")
-    stability.set_defaults(func=_clean_errors(run_stability))
+    stability.set_defaults(func=run_stability)
 
 
 def run_profile(args):
