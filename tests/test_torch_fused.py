@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from act_lora_fast.functional import dropout_mask, lora_linear
+from act_lora_fast.kernels import torch_fused
 from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference
 
 # Bound on max|ours - ref| / max|ref| per dtype (fp16 keeps ~11 bits; sums over K=512 lose a few more).
@@ -57,6 +58,39 @@ def test_forward_and_grads_match_float64(lead_shape, k_in, n_out, r, bias, dtype
     for name, g, w in zip(("y", "dx", "dA", "dB"), got, want):
         assert g.dtype == dtype, name
         assert rel_err(g, w) < REL_TOL[dtype], f"{name}: {rel_err(g, w):.2e}"
+
+
+@pytest.mark.parametrize("lead_shape, k_in, n_out", SHAPES)
+@pytest.mark.parametrize("r", [1, 16])
+@pytest.mark.parametrize("merge", [True, False])
+def test_both_weight_strategies_match_float64(monkeypatch, lead_shape, k_in, n_out, r, merge):
+    """W + s·B·A folded on the fly, and the expand added into y: each forced on every shape."""
+    monkeypatch.setattr(torch_fused, "merges_on_the_fly", lambda *args: merge)
+    x, weight, b, lora_A, lora_B, dy = make_inputs(lead_shape, k_in, n_out, r, torch.float32, True, seed=r)
+    fn = lambda x, w, b, a, bb: lora_linear(x, w, b, a, bb, 1.7, backend="torch")[0]  # noqa: E731
+    ref = lambda x, w, b, a, bb: lora_linear_reference(x, w, b, a, bb, 1.7)  # noqa: E731
+    got = run_with_grads(fn, x, weight, b, lora_A, lora_B, dy)
+    want = run_with_grads(ref, *(t.double() for t in (x, weight, b, lora_A, lora_B, dy)))
+    for name, g, w in zip(("y", "dx", "dA", "dB"), got, want):
+        assert rel_err(g, w) < REL_TOL[torch.float32], f"{name}: {rel_err(g, w):.2e}"
+
+
+def test_merging_on_the_fly_only_where_it_pays_and_stays_exact():
+    merges = torch_fused.merges_on_the_fly
+    assert merges(2048, 384, 1536, torch.float32, 0.0)  # a MiniLM FFN batch: many tokens per weight
+    assert not merges(2048, 4096, 4096, torch.float32, 0.0)  # a 7B-class layer: W is the bigger pass
+    assert not merges(2048, 384, 1536, torch.bfloat16, 0.0)  # 16-bit W + s·B·A would round the update away
+    assert not merges(2048, 384, 1536, torch.float16, 0.0)
+    assert not merges(2048, 384, 1536, torch.float32, 0.1)  # dropout: the branches see different inputs
+
+
+def test_merged_call_keeps_the_frozen_weight_untouched():
+    assert torch_fused.merges_on_the_fly(615, 123, 123, torch.float32, 0.0)
+    x, weight, b, lora_A, lora_B, dy = make_inputs((5, 123), 123, 123, 8, torch.float32, True)
+    before = weight.clone()
+    run_with_grads(lambda x, w, b, a, bb: lora_linear(x, w, b, a, bb, 2.0, backend="torch")[0],
+                   x, weight, b, lora_A, lora_B, dy)
+    assert torch.equal(weight, before)
 
 
 def test_non_contiguous_input():

@@ -2,7 +2,10 @@
 
 Compared with the unfused formula (and PEFT's lora.Linear) it
 - never stores a dropout copy of x: the keep mask is regenerated in backward from the call's seed;
-- adds the rank-r expand into the base output in place (addmm) instead of allocating a second T×out tensor;
+- when there are many tokens per weight element, folds s·B·A into a transient copy of W, so forward and
+  backward are each one big GEMM with no extra pass over y or dx (see `merges_on_the_fly`);
+- otherwise adds the rank-r expand into the base output in place (addmm) instead of allocating a second T×out
+  tensor;
 - saves x·Aᵀ (T×r) for dB instead of recomputing it, and saves x only when A needs a gradient;
 - gets dy·W and dy·B from one GEMM against [W, B] in backward, so dy is read once for both;
 - computes the per-token Σx² in the same call, in fp32, for activation-norm tracking.
@@ -27,12 +30,29 @@ def row_sq_norms(x2d):
 STACK_MIN_TOKENS = 256
 
 
-def _dx_base_plus_dyB(dy, weight, lora_B):
+def merges_on_the_fly(num_tokens, k_in, n_out, dtype, dropout_p):
+    """Whether a call computes y = x·(W + s·B·A)ᵀ and dx = dy·(W + s·B·A), the LoRA formula regrouped.
+
+    Building the transient W + s·B·A costs a few passes over W (out × in) in each direction; it saves the
+    pass over y that adding the expand takes in forward and the pass over dx in backward (T × (in + out) in
+    all). So it pays when T·(in + out) > 2·in·out: a MiniLM batch of 2048 tokens, yes; 2048 tokens through a
+    4096 × 4096 layer, no. Only in fp32/fp64: rounded to 16 bits, W + s·B·A would lose most of the small
+    LoRA update. Not with dropout, where the LoRA branch sees another input than W does.
+    """
+    wide_enough = dtype in (torch.float32, torch.float64)
+    return wide_enough and dropout_p == 0.0 and num_tokens * (k_in + n_out) > 2 * k_in * n_out
+
+
+def _dx_base_plus_dyB(dy, weight, lora_B, merge_A=None, scaling=1.0):
     """(dy·W, dy·B) from ONE GEMM against [W, B]: dy is read once and the rank-r product, too skinny for
     BLAS to run fast on its own, rides along with the big one. dy·W comes back as a strided view; it is a
-    transient gradient, so unlike a forward output it pins nothing and nothing saves it."""
+    transient gradient, so unlike a forward output it pins nothing and nothing saves it. With `merge_A`, the
+    first block is W + s·B·A, so dy·W already includes the LoRA term of dx."""
     k_in = weight.shape[1]
-    both = dy @ torch.cat([weight, lora_B], dim=1)
+    stacked = torch.cat([weight, lora_B], dim=1)
+    if merge_A is not None:
+        stacked[:, :k_in].addmm_(lora_B, merge_A, alpha=scaling)
+    both = dy @ stacked
     return both[:, :k_in], both[:, k_in:]
 
 
@@ -46,12 +66,20 @@ class TorchFusedLoRA(torch.autograd.Function):
         # (x·Aᵀ)ᵀ = A·xᵀ: BLAS runs the skinny product faster in this orientation, and a contiguous r×T
         # saved tensor is what dB needs. The forward output stays a plain contiguous tensor: stacking
         # [W; A] into one GEMM was measured to slow the ops downstream that read (and save) a strided y.
-        xa_t = lora_A @ x_lora.t()
+        merged = merges_on_the_fly(x2d.shape[0], weight.shape[1], weight.shape[0], x2d.dtype, dropout_p)
+        # merged, y needs no x·Aᵀ: it is computed only for dB
+        xa_t = lora_A @ x_lora.t() if not merged or ctx.needs_input_grad[4] else None
         del x_lora
-        y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
-        y.addmm_(xa_t.t(), lora_B.t(), alpha=scaling)
+        if merged:
+            weight_used = torch.addmm(weight, lora_B, lora_A, alpha=scaling)
+        else:
+            weight_used = weight
+        y = torch.addmm(bias, x2d, weight_used.t()) if bias is not None else x2d @ weight_used.t()
+        del weight_used
+        if not merged:
+            y.addmm_(xa_t.t(), lora_B.t(), alpha=scaling)
 
-        ctx.scaling, ctx.dropout_p, ctx.seed = scaling, dropout_p, seed
+        ctx.scaling, ctx.dropout_p, ctx.seed, ctx.merged = scaling, dropout_p, seed, merged
         ctx.save_for_backward(x2d if ctx.needs_input_grad[3] else None, weight, lora_A, lora_B, xa_t)
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
@@ -64,13 +92,15 @@ class TorchFusedLoRA(torch.autograd.Function):
         if p > 0.0 and (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
             keep = dropout_keep_mask((dy.shape[0], lora_A.shape[1]), p, ctx.seed, dy.device, dy.dtype)
         dx = dA = dB = None
-        if ctx.needs_input_grad[0] and dy.shape[0] >= STACK_MIN_TOKENS:
+        if ctx.needs_input_grad[0] and ctx.merged:
+            dx, dyB = _dx_base_plus_dyB(dy, weight, lora_B, merge_A=lora_A, scaling=s)
+        elif ctx.needs_input_grad[0] and dy.shape[0] >= STACK_MIN_TOKENS:
             dx, dyB = _dx_base_plus_dyB(dy, weight, lora_B)
         else:
             dyB = dy @ lora_B  # T×r, shared by dx and dA
             if ctx.needs_input_grad[0]:
                 dx = dy @ weight
-        if dx is not None:
+        if dx is not None and not ctx.merged:
             if keep is None:
                 dx.addmm_(dyB, lora_A, alpha=s)
             else:
