@@ -6,6 +6,7 @@ the model, round after round, and the medians over rounds are compared.
     python benchmarks/compare_peft.py                                # MiniLM, batch 16 x 128, r = 8, CPU
     python benchmarks/compare_peft.py --depth --rounds 5 --json out.json
     python benchmarks/compare_peft.py --model /path/to/hf-model --device cuda --batch-size 32 --seq-len 256
+    python benchmarks/compare_peft.py --model bert-large-random --device cuda --batch-size 32 --seq-len 256
 """
 import argparse
 import sys
@@ -16,9 +17,20 @@ from act_lora_fast.scaling import (BenchSettings, compare_with_peft, format_peft
                                    resolve_device, synthetic_batch, write_json)
 
 
+def bert_large_random(seed=0):
+    """A BERT-large-sized classifier with random weights: the larger model of the GPU run (no hub here)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                        num_labels=2)
+    return BertForSequenceClassification(config)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="minilm", help="model folder, or 'minilm' (default)")
+    parser.add_argument("--model", default="minilm",
+                        help="model folder, 'minilm' (default) or 'bert-large-random' (random weights)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--r", type=int, default=8)
@@ -37,7 +49,10 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer = load_base_model(args.model)
+    if args.model == "bert-large-random":
+        model, tokenizer = bert_large_random(), None
+    else:
+        model, tokenizer = load_base_model(args.model)
     device = resolve_device(args.device)
     batch = synthetic_batch(model, args.batch_size, args.seq_len, device=device)
     settings = BenchSettings(r=args.r, alpha=2 * args.r, target_modules="all-linear", steps=args.steps,

@@ -66,10 +66,6 @@ def test_vs_peft(benchmark, bench_env):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the larger-model run needs a GPU")
 def test_vs_peft_large_gpu(benchmark, bench_env):
-    from transformers import BertConfig, BertForSequenceClassification
+    from compare_peft import bert_large_random
 
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                        num_labels=2)
-    model = BertForSequenceClassification(config)
-    _run(benchmark, bench_env, model, None, label="bert-large-random", batch_size=32, seq_len=256)
+    _run(benchmark, bench_env, bert_large_random(), None, label="bert-large-random", batch_size=32, seq_len=256)
