@@ -12,7 +12,7 @@ import os
 import torch
 
 from .kernels.reference import lora_linear_reference, row_sq_norms_reference
-from .kernels.torch_fused import TorchFusedLoRA, TorchProbeLinear, dropout_keep_mask
+from .kernels.torch_fused import TorchFusedLoRA, TorchProbeLinear, dropout_keep_mask, fused_forward
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 BACKEND_ENV_VAR = "ACT_LORA_BACKEND"
@@ -34,6 +34,8 @@ def _triton_importable():
 
 def resolve_backend(backend, device):
     """The concrete backend ('triton', 'torch' or 'reference') for tensors on `device`."""
+    if backend == "auto" and device.type == "cpu" and BACKEND_ENV_VAR not in os.environ:
+        return "torch"  # the common case, on every call: no further checks to pay for
     check_backend_name(backend)
     if backend == "auto":
         env_choice = os.environ.get(BACKEND_ENV_VAR, "auto")
@@ -77,7 +79,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
     All tensors must already share one dtype and device (the module checks and casts).
     """
     lead_shape = x.shape[:-1]
-    x2d = x.reshape(-1, x.shape[-1])
+    x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     backend = resolve_backend(backend, x.device)
     probe = lora_A is None
 
@@ -97,9 +99,13 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
                                           compute_rowsq)
     elif probe:
         y, rowsq = TorchProbeLinear.apply(x2d, weight, bias)
-    else:
+    elif torch.is_grad_enabled():
         y, rowsq = TorchFusedLoRA.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
                                         compute_rowsq)
+    else:  # no_grad / inference_mode: the same forward without autograd's bookkeeping
+        y, rowsq, _, _ = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq)
 
-    y = y.reshape(*lead_shape, weight.shape[0])
-    return y, (rowsq.reshape(lead_shape) if compute_rowsq else None)
+    if x.dim() != 2:
+        y = y.reshape(*lead_shape, weight.shape[0])
+        rowsq = rowsq.reshape(lead_shape) if compute_rowsq else None
+    return y, (rowsq if compute_rowsq else None)

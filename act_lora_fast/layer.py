@@ -88,10 +88,12 @@ class FastActLoRALinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input's last dim must be in_features={self.in_features}, got shape "
                              f"{tuple(x.shape)}")
-        weight, bias = self.base_layer.weight, self.base_layer.bias
+        base = self.base_layer
+        weight, bias = base.weight, base.bias
         lora_A = self.lora_A.weight if self._adapter_active() else None
         lora_B = self.lora_B.weight if lora_A is not None else None
-        if torch.is_autocast_enabled(x.device.type):
+        autocast_on = torch.is_autocast_enabled(x.device.type)
+        if autocast_on:
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight, bias, lora_A, lora_B = (t if t is None else t.to(dtype)
                                                for t in (x, weight, bias, lora_A, lora_B))
@@ -103,7 +105,8 @@ class FastActLoRALinear(nn.Module):
         if lora_A is None and not want_norms:
             return nn.functional.linear(x, weight, bias)
         dropout_on = self.training and self.lora_dropout > 0.0 and lora_A is not None
-        with torch.autocast(x.device.type, enabled=False):
+        # already cast above; autocast must not cast the fused op's GEMMs again
+        with torch.autocast(x.device.type, enabled=False) if autocast_on else contextlib.nullcontext():
             y, rowsq = lora_linear(
                 x, weight, bias, lora_A, lora_B, self.scaling,
                 dropout_p=self.lora_dropout if dropout_on else 0.0,

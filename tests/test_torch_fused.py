@@ -93,6 +93,21 @@ def test_merged_call_keeps_the_frozen_weight_untouched():
     assert torch.equal(weight, before)
 
 
+@pytest.mark.parametrize("lead_shape, k_in, n_out", SHAPES)
+@pytest.mark.parametrize("no_grad_mode", [torch.no_grad, torch.inference_mode])
+def test_forward_without_autograd_matches(lead_shape, k_in, n_out, no_grad_mode):
+    """Under no_grad / inference_mode the op skips autograd: same y, same Σx², nothing to backprop."""
+    x, weight, b, lora_A, lora_B, _ = make_inputs(lead_shape, k_in, n_out, 8, torch.float32, True, seed=3)
+    lora_A.requires_grad_()
+    with no_grad_mode():
+        y_fast, rowsq_fast = lora_linear(x, weight, b, lora_A, lora_B, 2.0, backend="torch", compute_rowsq=True)
+    y, rowsq = lora_linear(x, weight, b, lora_A, lora_B, 2.0, backend="torch", compute_rowsq=True)
+    assert y.requires_grad and not y_fast.requires_grad
+    assert y_fast.shape == y.shape and rowsq_fast.shape == rowsq.shape == x.shape[:-1]
+    torch.testing.assert_close(y_fast, y.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(rowsq_fast, rowsq, rtol=0, atol=0)
+
+
 def test_non_contiguous_input():
     x, weight, b, lora_A, lora_B, dy = make_inputs((40,), 2 * 96, 80, 8, torch.float32, True)
     x_strided = x[:, ::2]  # every other feature: a strided, non-contiguous view

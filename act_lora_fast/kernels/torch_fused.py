@@ -56,29 +56,42 @@ def _dx_base_plus_dyB(dy, weight, lora_B, merge_A=None, scaling=1.0):
     return both[:, :k_in], both[:, k_in:]
 
 
-class TorchFusedLoRA(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq):
-        rowsq = row_sq_norms(x2d) if compute_rowsq else x2d.new_empty(0, dtype=torch.float32)
+def fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=0.0, seed=0, compute_rowsq=False,
+                  keep_xa=False):
+    """y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ and the per-token Σx²; the forward of `TorchFusedLoRA`, also
+    called directly where no gradient is wanted (inference skips autograd's bookkeeping).
+
+    Returns ``(y, rowsq, xa_t, merged)``: ``rowsq`` is None unless `compute_rowsq`; ``xa_t`` = s·(x·Aᵀ)ᵀ
+    (r × T), kept when `keep_xa` (dB needs it) or when the expand uses it, else None.
+    """
+    rowsq = row_sq_norms(x2d) if compute_rowsq else None
+    merged = merges_on_the_fly(x2d.shape[0], weight.shape[1], weight.shape[0], x2d.dtype, dropout_p)
+    xa_t = None
+    if keep_xa or not merged:
         x_lora = x2d
         if dropout_p > 0.0:
             x_lora = x2d * dropout_keep_mask(x2d.shape, dropout_p, seed, x2d.device, x2d.dtype)
-        # (x·Aᵀ)ᵀ = A·xᵀ: BLAS runs the skinny product faster in this orientation, and a contiguous r×T
-        # saved tensor is what dB needs. The forward output stays a plain contiguous tensor: stacking
-        # [W; A] into one GEMM was measured to slow the ops downstream that read (and save) a strided y.
-        merged = merges_on_the_fly(x2d.shape[0], weight.shape[1], weight.shape[0], x2d.dtype, dropout_p)
-        # merged, y needs no x·Aᵀ: it is computed only for dB
-        xa_t = lora_A @ x_lora.t() if not merged or ctx.needs_input_grad[4] else None
+        # (x·Aᵀ)ᵀ = A·xᵀ: a contiguous r × T is what dB needs. Scaled once here (r × T is tiny) so neither
+        # the expand nor dB needs a pass of its own for s. The forward output stays a plain contiguous tensor:
+        # stacking [W; A] into one GEMM was measured to slow the ops downstream that read (and save) a
+        # strided y.
+        xa_t = (lora_A @ x_lora.t()).mul_(scaling)
         del x_lora
-        if merged:
-            weight_used = torch.addmm(weight, lora_B, lora_A, alpha=scaling)
-        else:
-            weight_used = weight
-        y = torch.addmm(bias, x2d, weight_used.t()) if bias is not None else x2d @ weight_used.t()
-        del weight_used
-        if not merged:
-            y.addmm_(xa_t.t(), lora_B.t(), alpha=scaling)
+    weight_used = torch.addmm(weight, lora_B, lora_A, alpha=scaling) if merged else weight
+    y = torch.addmm(bias, x2d, weight_used.t()) if bias is not None else x2d @ weight_used.t()
+    del weight_used
+    if not merged:
+        y.addmm_(xa_t.t(), lora_B.t())
+    return y, rowsq, (xa_t if keep_xa else None), merged
 
+
+class TorchFusedLoRA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq):
+        y, rowsq, xa_t, merged = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
+                                               compute_rowsq, keep_xa=ctx.needs_input_grad[4])
+        if rowsq is None:
+            rowsq = x2d.new_empty(0, dtype=torch.float32)
         ctx.scaling, ctx.dropout_p, ctx.seed, ctx.merged = scaling, dropout_p, seed, merged
         ctx.save_for_backward(x2d if ctx.needs_input_grad[3] else None, weight, lora_A, lora_B, xa_t)
         ctx.mark_non_differentiable(rowsq)
@@ -92,25 +105,26 @@ class TorchFusedLoRA(torch.autograd.Function):
         if p > 0.0 and (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
             keep = dropout_keep_mask((dy.shape[0], lora_A.shape[1]), p, ctx.seed, dy.device, dy.dtype)
         dx = dA = dB = None
-        if ctx.needs_input_grad[0] and ctx.merged:
-            dx, dyB = _dx_base_plus_dyB(dy, weight, lora_B, merge_A=lora_A, scaling=s)
-        elif ctx.needs_input_grad[0] and dy.shape[0] >= STACK_MIN_TOKENS:
-            dx, dyB = _dx_base_plus_dyB(dy, weight, lora_B)
+        if ctx.needs_input_grad[0] and (ctx.merged or dy.shape[0] >= STACK_MIN_TOKENS):
+            dx, dyB = _dx_base_plus_dyB(dy, weight, lora_B, merge_A=lora_A if ctx.merged else None, scaling=s)
         else:
-            dyB = dy @ lora_B  # T×r, shared by dx and dA
             if ctx.needs_input_grad[0]:
                 dx = dy @ weight
+            # T × r, shared by dx's LoRA term and dA
+            dyB = dy @ lora_B if ctx.needs_input_grad[0] or ctx.needs_input_grad[3] else None
+        if dyB is not None:
+            dyB.mul_(s)  # s·dy·B, T × r: scaled once for both dx and dA
         if dx is not None and not ctx.merged:
             if keep is None:
-                dx.addmm_(dyB, lora_A, alpha=s)
+                dx.addmm_(dyB, lora_A)
             else:
-                dx.addcmul_(dyB @ lora_A, keep, value=s)
+                dx.addcmul_(dyB @ lora_A, keep)
         if ctx.needs_input_grad[3]:
             x_lora = x2d if keep is None else x2d * keep
-            dA = (dyB.t() @ x_lora).mul_(s)
+            dA = dyB.t() @ x_lora
         if ctx.needs_input_grad[4]:
-            # (xaᵀ·dy)ᵀ rather than dyᵀ·xa: BLAS reduces over T far faster in this orientation.
-            dB = (xa_t @ dy).t().mul_(s)
+            # (s·xaᵀ·dy)ᵀ rather than dyᵀ·xa: BLAS reduces over T far faster in this orientation.
+            dB = (xa_t @ dy).t()
         return dx, None, None, dA, dB, None, None, None, None
 
 
