@@ -1,6 +1,8 @@
 """The fused PyTorch path (CPU) against the float64 textbook formula: forward, Σx², every gradient."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from act_lora_fast.functional import dropout_mask, lora_linear
 from act_lora_fast.kernels import torch_fused
@@ -73,6 +75,33 @@ def test_both_weight_strategies_match_float64(monkeypatch, lead_shape, k_in, n_o
     want = run_with_grads(ref, *(t.double() for t in (x, weight, b, lora_A, lora_B, dy)))
     for name, g, w in zip(("y", "dx", "dA", "dB"), got, want):
         assert rel_err(g, w) < REL_TOL[torch.float32], f"{name}: {rel_err(g, w):.2e}"
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(tokens=st.integers(1, 700), k_in=st.integers(1, 160), n_out=st.integers(1, 160), r=st.integers(1, 20),
+       bias=st.booleans(), needs=st.sampled_from(["all", "no-dx", "A-only", "B-only"]))
+def test_any_shape_and_any_grad_subset_match_float64(tokens, k_in, n_out, r, bias, needs):
+    """Random shapes either side of both strategy thresholds, and every mix of which inputs need grads
+    (x frozen, as for a first block fed by frozen embeddings; A or B frozen)."""
+    x, weight, b, lora_A, lora_B, dy = make_inputs((tokens,), k_in, n_out, r, torch.float32, bias, seed=tokens)
+    wants = {"all": (True, True, True), "no-dx": (False, True, True), "A-only": (True, True, False),
+             "B-only": (False, False, True)}[needs]
+
+    def grads(fn, *tensors):
+        x, w, bb, a, bm, g = tensors
+        leaves = [t.detach().clone().requires_grad_(want) for t, want in zip((x, a, bm), wants)]
+        y = fn(leaves[0], w, bb, leaves[1], leaves[2])
+        y.backward(g)
+        return [y] + [leaf.grad for leaf in leaves]
+
+    got = grads(lambda x, w, bb, a, bm: lora_linear(x, w, bb, a, bm, 0.9, backend="torch")[0],
+                x, weight, b, lora_A, lora_B, dy)
+    want = grads(lambda x, w, bb, a, bm: lora_linear_reference(x, w, bb, a, bm, 0.9),
+                 *(None if t is None else t.double() for t in (x, weight, b, lora_A, lora_B, dy)))
+    for name, g, w in zip(("y", "dx", "dA", "dB"), got, want):
+        assert (g is None) == (w is None), name
+        if g is not None:
+            assert rel_err(g, w) < REL_TOL[torch.float32], f"{name}: {rel_err(g, w):.2e}"
 
 
 def test_merging_on_the_fly_only_where_it_pays_and_stays_exact():
