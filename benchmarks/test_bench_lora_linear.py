@@ -2,7 +2,9 @@
 
     pytest benchmarks/test_bench_lora_linear.py --benchmark-only
 
-Runs on CUDA (Triton kernels, bf16) when a GPU is present, else on the CPU (fused torch path, fp32).
+Runs on CUDA (Triton kernels, bf16) when a GPU is present, else on the CPU (fused torch path, fp32); every
+backend that runs there is a contender ("ours" is the default backend for the device, "ours[torch]" the fused
+torch path on CUDA too, "ours[reference]" the unfused textbook formula).
 For ratios measured interleaved in one process, use `python benchmarks/lora_linear_ratios.py`.
 """
 import pytest
@@ -16,8 +18,11 @@ CONTENDERS = {
     "floor": make_floor,
     "ours": make_ours,
     "ours+norms": lambda *shape, **kw: make_ours(*shape, track_norms=True, **kw),
+    "ours[reference]": lambda *shape, **kw: make_ours(*shape, backend="reference", **kw),
     "peft": make_peft,
 }
+if DEVICE == "cuda":
+    CONTENDERS["ours[torch]"] = lambda *shape, **kw: make_ours(*shape, backend="torch", **kw)
 
 
 def _synchronised(fn):
