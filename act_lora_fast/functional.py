@@ -70,14 +70,57 @@ def dropout_mask(shape, p, seed, device, dtype=torch.float32, backend="torch"):
     return dropout_keep_mask(shape, p, seed, device, dtype)
 
 
+def _shape(t):
+    return tuple(t.shape)
+
+
+def check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p=0.0):
+    """Clear TypeError / ValueError for inputs the kernels would read out of bounds or BLAS reject cryptically."""
+    named = {"x": x, "weight": weight, "bias": bias, "lora_A": lora_A, "lora_B": lora_B}
+    given = {name: t for name, t in named.items() if t is not None or name in ("x", "weight")}
+    for name, t in given.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    dtypes = {t.dtype for t in given.values()}
+    if len(dtypes) > 1:
+        raise TypeError("x, weight, bias, lora_A and lora_B must share one dtype, got "
+                        + ", ".join(f"{name} {t.dtype}" for name, t in given.items()))
+    devices = {t.device for t in given.values()}
+    if len(devices) > 1:
+        raise ValueError("all tensors must be on one device, got "
+                         + ", ".join(f"{name} on {t.device}" for name, t in given.items()))
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {_shape(weight)}")
+    n_out, k_in = weight.shape
+    if x.dim() == 0 or x.shape[-1] != k_in:
+        raise ValueError(f"x's last dim must be in_features={k_in} (weight's shape {_shape(weight)}), got shape "
+                         f"{_shape(x)}")
+    if bias is not None and _shape(bias) != (n_out,):
+        raise ValueError(f"bias must have shape ({n_out},), got {_shape(bias)}")
+    if (lora_A is None) != (lora_B is None):
+        raise ValueError("lora_A and lora_B must both be given, or both be None (probe mode)")
+    if lora_A is not None:
+        if lora_A.dim() != 2 or lora_A.shape[0] < 1 or lora_A.shape[1] != k_in:
+            raise ValueError(f"lora_A must have shape (r, {k_in}) with r >= 1, got {_shape(lora_A)}")
+        if _shape(lora_B) != (n_out, lora_A.shape[0]):
+            raise ValueError(f"lora_B must have shape ({n_out}, {lora_A.shape[0]}) (out_features, r), got "
+                             f"{_shape(lora_B)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+
+
 def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, backend="auto",
                 compute_rowsq=False):
     """y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ for x of shape (..., in); returns (y, rowsq).
 
     ``rowsq`` holds Σx² per token (shape x.shape[:-1], fp32) when `compute_rowsq`, else None.
     ``lora_A=None`` is the probe mode: the frozen linear plus the norm reduction only.
-    All tensors must already share one dtype and device (the module checks and casts).
+    All tensors must already share one dtype and device (the module casts under autocast); bad shapes, dtypes
+    or devices raise a TypeError / ValueError naming the problem, whatever the backend.
     """
+    check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p)
     lead_shape = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     backend = resolve_backend(backend, x.device)

@@ -1,0 +1,62 @@
+"""`lora_linear`, the functional entry point: bad inputs fail clearly and alike on every backend."""
+import pytest
+import torch
+
+from act_lora_fast import lora_linear
+
+BACKENDS = ["torch", "triton", "reference"]  # conftest sets TRITON_INTERPRET=1: triton runs on CPU tensors
+
+
+def good_inputs():
+    gen = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(5, 9, generator=gen), torch.randn(7, 9, generator=gen)
+    bias, lora_A, lora_B = torch.randn(7, generator=gen), torch.randn(3, 9, generator=gen), torch.randn(7, 3, generator=gen)
+    return dict(x=x, weight=weight, bias=bias, lora_A=lora_A, lora_B=lora_B)
+
+
+BAD = {  # name: (replacements, expected exception, words the message must contain)
+    "x last dim": (dict(x=torch.randn(5, 8)), ValueError, "in_features=9"),
+    "x a scalar": (dict(x=torch.tensor(1.0)), ValueError, "in_features=9"),
+    "x a list": (dict(x=[[1.0] * 9]), TypeError, "x must be a torch.Tensor"),
+    "x integer": (dict(x=torch.ones(5, 9, dtype=torch.int64)), TypeError, "x must be a floating-point"),
+    "x half, weights float": (dict(x=torch.randn(5, 9).half()), TypeError, "share one dtype"),
+    "x on another device": (dict(x=torch.randn(5, 9, device="meta")), ValueError, "on one device"),
+    "weight 1-D": (dict(weight=torch.randn(9)), ValueError, "weight must be 2-D"),
+    "bias wrong size": (dict(bias=torch.randn(6)), ValueError, "bias must have shape (7,)"),
+    "lora_A wrong width": (dict(lora_A=torch.randn(3, 8)), ValueError, "lora_A must have shape (r, 9)"),
+    "lora_A rank 0": (dict(lora_A=torch.randn(0, 9), lora_B=torch.randn(7, 0)), ValueError, "r >= 1"),
+    "lora_B wrong rank": (dict(lora_B=torch.randn(7, 4)), ValueError, "lora_B must have shape (7, 3)"),
+    "lora_B wrong out": (dict(lora_B=torch.randn(6, 3)), ValueError, "lora_B must have shape (7, 3)"),
+    "lora_B missing": (dict(lora_B=None), ValueError, "both be given"),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_names_the_problem(backend, case):
+    replacements, error, words = BAD[case]
+    inputs = {**good_inputs(), **replacements}
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        lora_linear(inputs["x"], inputs["weight"], inputs["bias"], inputs["lora_A"], inputs["lora_B"], 2.0,
+                    backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_out_of_range(backend):
+    inputs = good_inputs()
+    with pytest.raises(ValueError, match="dropout_p must be in"):
+        lora_linear(*inputs.values(), 2.0, dropout_p=1.0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_good_input_agrees_across_backends(backend):
+    """The checks reject nothing valid: 3-D input, no bias, probe mode (no adapter)."""
+    inputs = good_inputs()
+    x3 = inputs["x"].reshape(1, 5, 9)
+    y, rowsq = lora_linear(x3, inputs["weight"], None, inputs["lora_A"], inputs["lora_B"], 2.0, backend=backend,
+                           compute_rowsq=True)
+    expected = x3 @ inputs["weight"].t() + 2.0 * (x3 @ inputs["lora_A"].t()) @ inputs["lora_B"].t()
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rowsq, x3.pow(2).sum(-1), rtol=1e-5, atol=1e-5)
+    y_probe, _ = lora_linear(x3, inputs["weight"], inputs["bias"], None, None, 0.0, backend=backend)
+    torch.testing.assert_close(y_probe, torch.nn.functional.linear(x3, inputs["weight"], inputs["bias"]))
