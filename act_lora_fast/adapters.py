@@ -32,6 +32,8 @@ _UNSUPPORTED = {"use_dora": False, "lora_bias": False, "rank_pattern": {}, "alph
 def atomic_write(path):
     """Yields a temporary path next to `path`; on success one ``os.replace`` puts it in place."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; expected a file path to write")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -108,8 +110,18 @@ def save_adapter(model, path, *, base_model_name_or_path=None):
     modules = lora_modules(model)
     if not modules:
         raise ValueError("model has act_lora_config but no FastActLoRALinear layers (was it removed?)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{os.fspath(path)} is a file; save_adapter writes a folder "
+                                 f"({CONFIG_NAME} + {WEIGHTS_NAME})")
+    if base_model_name_or_path is not None and not isinstance(base_model_name_or_path, (str, os.PathLike)):
+        raise TypeError(f"base_model_name_or_path must be a str or None, got "
+                        f"{type(base_model_name_or_path).__name__}")
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    elif isinstance(base_model_name_or_path, os.PathLike):
+        base_model_name_or_path = os.fspath(base_model_name_or_path)
     tensors = {}
     for name, module in modules.items():
         if module.merged:
@@ -146,7 +158,11 @@ def save_adapter(model, path, *, base_model_name_or_path=None):
 # ---------------------------------------------------------------------------------------------- loading
 def read_adapter_config(path):
     """The checked LoRA config dict from ``<path>/adapter_config.json``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be an adapter folder path (str or os.PathLike), got {type(path).__name__}")
     file = os.path.join(os.fspath(path), CONFIG_NAME)
+    if os.path.isfile(path):
+        raise NotADirectoryError(f"{os.fspath(path)} is a file; pass the adapter folder that holds {CONFIG_NAME}")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"adapter folder not found: {path}")
     if not os.path.isfile(file):
@@ -178,7 +194,30 @@ def read_adapter_config(path):
     if not (isinstance(targets, str) or (isinstance(targets, list) and targets
                                          and all(isinstance(t, str) for t in targets))):
         raise ValueError(f"{file}: target_modules must be a regex string or a list of names, got {targets!r}")
+    for key in ("target_modules", "exclude_modules"):
+        if isinstance(config.get(key), str):
+            try:
+                re.compile(config[key])
+            except re.error as err:
+                raise ValueError(f"{file}: {key}={config[key]!r} is not a valid regex: {err}") from None
+    layers = config.get("layers_to_transform")
+    if layers is not None and not (_is_int(layers) or (isinstance(layers, list) and all(map(_is_int, layers)))):
+        raise ValueError(f"{file}: layers_to_transform must be an int, a list of ints or null, got {layers!r}")
+    for key in ("layers_pattern", "exclude_modules"):
+        value = config.get(key)
+        if value is not None and not (isinstance(value, str) or (isinstance(value, list)
+                                                                 and all(isinstance(v, str) for v in value))):
+            raise ValueError(f"{file}: {key} must be a string, a list of strings or null, got {value!r}")
+    saved = config.get("modules_to_save")
+    if saved is not None and not (isinstance(saved, list) and all(isinstance(v, str) and v for v in saved)):
+        raise ValueError(f"{file}: modules_to_save must be a list of module names or null, got {saved!r}")
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise ValueError(f"{file}: use_rslora must be true or false, got {config['use_rslora']!r}")
     return config
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_weights(path):

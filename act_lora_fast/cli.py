@@ -28,8 +28,9 @@ def main(argv=None):
         return 2
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as err:
-        # Bad input already carries a message naming the problem; a traceback would only bury it.
+    except (ValueError, TypeError, OSError) as err:
+        # Bad input already carries a message naming the problem; a traceback would only bury it. OSError:
+        # missing or unreadable paths, and Hugging Face's "model not found (offline, not cached)" errors.
         print(f"act-lora {args.command}: error: {err}", file=sys.stderr)
         return 2
 

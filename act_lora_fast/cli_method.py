@@ -1,5 +1,6 @@
 """`act-lora profile`, `act-lora select`, `act-lora stability`: the Act-LoRA method on the command line."""
 import argparse
+import os
 
 
 def _positive_int(text):
@@ -98,6 +99,9 @@ def run_profile(args):
     from .calibration import load_examples, make_batches, resolve_model_path, sample_examples
     from .profiling import profile_activations
 
+    for option, target in (("--out", args.out), ("--plot", args.plot)):
+        if target and os.path.isdir(target):  # checked before profiling, not after it
+            raise IsADirectoryError(f"{option} {target} is a directory; give a file path")
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)

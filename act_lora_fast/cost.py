@@ -54,11 +54,31 @@ def default_calibration(num_blocks):
 def _normalised(weights, num_blocks, name):
     if weights is None:
         return [1.0] * num_blocks
+    if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__") or not all(
+            isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
+        raise TypeError(f"{name} must be a list of {num_blocks} numbers, got {weights!r}")
     weights = [float(w) for w in weights]
     if len(weights) != num_blocks or any(not w > 0 or not math.isfinite(w) for w in weights):
         raise ValueError(f"{name} must be {num_blocks} positive finite numbers, got {weights}")
     mean = sum(weights) / num_blocks
     return [w / mean for w in weights]
+
+
+def _check_points(points):
+    """Measured points as a list of dicts with ``layers`` and numeric target values."""
+    if isinstance(points, (str, bytes, dict)) or not hasattr(points, "__iter__"):
+        raise TypeError(f"points must be a list of dicts with 'layers' and measured values, got "
+                        f"{type(points).__name__}")
+    points = list(points)
+    for index, point in enumerate(points):
+        if not isinstance(point, dict) or "layers" not in point:
+            raise TypeError(f"calibration point {index} must be a dict with 'layers' and measured values, "
+                            f"got {point!r}")
+        for target in TARGETS:
+            value = point.get(target)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise TypeError(f"calibration point {index}: {target} must be a number, got {value!r}")
+    return points
 
 
 @dataclasses.dataclass
@@ -82,8 +102,13 @@ class CostModel:
             raise ValueError(f"num_blocks must be a positive int, got {self.num_blocks!r}")
         self.adapter_weights = _normalised(self.adapter_weights, self.num_blocks, "adapter_weights")
         self.depth_weights = _normalised(self.depth_weights, self.num_blocks, "depth_weights")
+        if not isinstance(self.coefficients, dict):
+            raise TypeError(f"coefficients must be a dict of targets to [c0, c_adapter, c_depth], got "
+                            f"{type(self.coefficients).__name__}")
         for target, coefs in self.coefficients.items():
-            if target not in TARGETS or len(coefs) != 3:
+            if (target not in TARGETS or isinstance(coefs, (str, bytes)) or not hasattr(coefs, "__len__")
+                    or len(coefs) != 3 or not all(isinstance(c, numbers.Real) and not isinstance(c, bool)
+                                                  for c in coefs)):
                 raise ValueError(f"coefficients must map targets in {TARGETS} to [c0, c_adapter, c_depth], "
                                  f"got {target!r}: {coefs!r}")
         self.coefficients = {t: [float(c) for c in v] for t, v in self.coefficients.items()}
@@ -108,12 +133,9 @@ class CostModel:
 
     def fit(self, points):
         """Fit every target present in all `points` (dicts with ``layers`` and measured values); returns self."""
+        points = _check_points(points)
         if not points:
             raise ValueError("no calibration points: measure at least one selection")
-        for index, point in enumerate(points):
-            if not isinstance(point, dict) or "layers" not in point:
-                raise TypeError(f"calibration point {index} must be a dict with 'layers' and measured values, "
-                                f"got {point!r}")
         targets = [t for t in TARGETS if all(t in p for p in points)]
         if not targets:
             raise ValueError(f"calibration points carry none of the targets {TARGETS}")
@@ -145,6 +167,7 @@ class CostModel:
     def validate(self, points):
         """Relative errors (predicted / measured - 1) on measured `points` the calibration did not use."""
         self._require_fitted()
+        points = _check_points(points)
         rows, errors = [], {t: [] for t in self.coefficients}
         for point in points:
             predicted = self.predict(point["layers"])
@@ -187,6 +210,10 @@ class CostModel:
 
     @classmethod
     def load(cls, path):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{os.fspath(path)} is a directory; expected a cost model JSON file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"cost model file not found: {path}")
         with open(path, encoding="utf-8") as handle:
@@ -195,7 +222,12 @@ class CostModel:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: "
                                  f"{err.msg}") from None
-        return cls.from_dict(data)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{os.fspath(path)}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -210,14 +242,15 @@ def calibrate_cost_model(model, *, batch=None, batch_size=16, seq_len=128, selec
     """
     import torch
 
-    from .scaling import BenchSettings, Variant, measure_variants, synthetic_batch
+    from .scaling import Variant, check_batch, check_settings, measure_variants, synthetic_batch
 
-    settings = settings or BenchSettings()
+    settings = check_settings(settings)
     cost_model = CostModel.from_model(model, target_modules=settings.target_modules, r=settings.r)
     selections = selections if selections is not None else default_calibration(cost_model.num_blocks)
     selections = [_check_layers(s, cost_model.num_blocks) for s in selections]
     if batch is None:
         batch = synthetic_batch(model, batch_size, seq_len, device=device)
+    check_batch(batch)
     measured = measure_variants(model, [Variant(tuple(s)) for s in selections], batch, settings,
                                 rounds=rounds, progress=progress)
     points = [{"layers": list(v.layers), **{t: r[t] for t in TARGETS}} for v, r in measured.items()]
@@ -239,6 +272,7 @@ def estimate_cost(model, layers, *, cost_model=None, **calibration):
     from .anatomy import find_blocks
 
     num_blocks = len(find_blocks(model))
+    _check_layers(layers, num_blocks)  # before a calibration that trains for minutes
     if cost_model is None:
         cost_model = calibrate_cost_model(model, **calibration)
     elif calibration:

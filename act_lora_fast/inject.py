@@ -123,6 +123,9 @@ def apply_act_lora(model, layers, *, target_modules=None, r=8, alpha=16, dropout
     chosen = [name for i in layers for name in targets[i]]
     if not chosen:
         raise ValueError(f"blocks {layers} hold no linear matching target_modules={target_modules!r}")
+    if modules_to_save is not None and not isinstance(modules_to_save, (str, list, tuple)):
+        raise TypeError(f"modules_to_save must be a module name or a list of them, got "
+                        f"{type(modules_to_save).__name__}")
     modules_to_save = [modules_to_save] if isinstance(modules_to_save, str) else list(modules_to_save or [])
     saved = match_modules_to_save(inner, modules_to_save)
     for name in chosen:

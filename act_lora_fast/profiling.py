@@ -57,8 +57,28 @@ class LayerScores:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"scores must hold numbers, got {value!r} ({type(value).__name__})")
         self.scores = [float(v) for v in scores]
-        self.module_scores = {str(k): float(v) for k, v in dict(self.module_scores).items()}
-        self.module_shapes = {str(k): [int(d) for d in v] for k, v in dict(self.module_shapes).items()}
+        for name in ("module_scores", "module_shapes", "meta"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise TypeError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        for name, value in self.module_scores.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"module_scores[{name!r}] must be a number, got {value!r}")
+        for name, shape in self.module_shapes.items():
+            if (isinstance(shape, (str, bytes)) or not isinstance(shape, (list, tuple)) or len(shape) != 2
+                    or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+                               for d in shape)):
+                raise ValueError(f"module_shapes[{name!r}] must be [out_features, in_features] (two positive "
+                                 f"ints), got {shape!r}")
+        for name in ("metric", "block_path", "layers_pattern"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a str, got {getattr(self, name)!r}")
+        for name in ("num_tokens", "num_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        self.module_scores = {str(k): float(v) for k, v in self.module_scores.items()}
+        self.module_shapes = {str(k): [int(d) for d in v] for k, v in self.module_shapes.items()}
+        self.meta = dict(self.meta)
 
     def __len__(self):
         return len(self.scores)
@@ -83,7 +103,11 @@ class LayerScores:
         """LoRA parameters r·(in + out) over the profiled modules of `layers` (None: all blocks)."""
         if not self.module_shapes:
             raise ValueError("these scores carry no module shapes; count parameters on the model instead")
-        wanted = set(range(len(self.scores)) if layers is None else layers)
+        from .inject import check_layers
+
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+            raise ValueError(f"r must be an int >= 1, got {r!r}")
+        wanted = set(range(len(self.scores)) if layers is None else check_layers(layers, len(self.scores)))
         return sum(r * (out + inp) for name, (out, inp) in self.module_shapes.items()
                    if self.block_of(name) in wanted)
 
@@ -107,10 +131,15 @@ class LayerScores:
         if isinstance(path_or_str, os.PathLike) or (isinstance(path_or_str, str)
                                                     and not path_or_str.lstrip().startswith("{")):
             source = os.fspath(path_or_str)
+            if os.path.isdir(source):
+                raise IsADirectoryError(f"{source} is a directory; expected a scores JSON file")
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"scores file not found: {source}")
-            with open(source, encoding="utf-8") as handle:
-                path_or_str = handle.read()
+            try:
+                with open(source, encoding="utf-8") as handle:
+                    path_or_str = handle.read()
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{source}: not UTF-8 text ({err})") from None
         if not isinstance(path_or_str, str):
             raise TypeError(f"from_json takes a path or a JSON string, got {type(path_or_str).__name__}")
         try:
@@ -125,7 +154,10 @@ class LayerScores:
         unknown = sorted(set(data) - fields)
         if unknown:
             raise ValueError(f"{source}: unknown field(s) {unknown}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{source}: {err}") from None
 
     def plot(self, path):
         """A PNG: per-block importance bars and the cumulative-importance curve over the ranking."""
@@ -207,8 +239,35 @@ def _model_inputs(model, batch):
     inputs = {k: v for k, v in batch.items() if k in accepted and k not in LABEL_KEYS}
     if not inputs:
         raise ValueError(f"batch keys {sorted(batch)} include none of {type(model).__name__}.forward's inputs")
+    _check_tokens(model, inputs)
     device = _device(model)
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _check_tokens(model, inputs):
+    """input_ids: a non-empty (batch, sequence, ...) tensor of ids the embedding has; attention_mask not 1-D."""
+    ids = inputs.get("input_ids")
+    if ids is not None:
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a tensor (tokenizer(..., return_tensors='pt')), got "
+                            f"{type(ids).__name__}")
+        if ids.dim() < 2 or ids.numel() == 0:
+            raise ValueError(f"input_ids has shape {tuple(ids.shape)}; expected a non-empty (batch, sequence) "
+                             "tensor")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
+        try:
+            vocab = getattr(model.get_input_embeddings(), "num_embeddings", None)
+        except (AttributeError, NotImplementedError):  # not a Hugging Face model, or one without embeddings
+            vocab = None
+        if isinstance(vocab, int):
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= vocab:
+                raise ValueError(f"input_ids hold token id {high if high >= vocab else low}, outside the model's "
+                                 f"vocabulary of {vocab} (was the batch made with another model's tokenizer?)")
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() < 2:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; expected (batch, sequence)")
 
 
 def _token_mask(inputs):
@@ -442,6 +501,25 @@ def _loss(output):
     return loss
 
 
+def _check_labels(model, labels, key):
+    """The labels as a tensor; class ids of a classifier must lie in [0, num_labels) (or be -100, ignored)."""
+    try:
+        labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"batch[{key!r}] must be a tensor or a list of numbers, got {labels!r}") from None
+    if not (labels.is_floating_point() or labels.dtype in (torch.int64, torch.int32, torch.int16, torch.int8,
+                                                            torch.uint8)):
+        raise TypeError(f"batch[{key!r}] must hold numbers, got dtype {labels.dtype}")
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if (labels.dim() == 1 and not labels.is_floating_point() and isinstance(num_labels, int) and num_labels > 1
+            and any(name in HEAD_NAMES for name, _ in model.named_children()) and labels.numel()):
+        bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
+        if bad.numel():
+            raise ValueError(f"batch[{key!r}] holds class {int(bad[0])}, but the model has num_labels={num_labels} "
+                             f"(classes 0..{num_labels - 1})")
+    return labels
+
+
 def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batches=None, progress=True,
                       blocks=None):
     """The gradient-guided baseline: score blocks by the norm of the loss gradient w.r.t. their weights.
@@ -486,8 +564,7 @@ def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batche
             if label_key is None:
                 raise ValueError(f"profile_gradients needs labels: batch keys are {sorted(batch)}, with no "
                                  "'labels' or 'label'")
-            labels = batch[label_key]
-            labels = labels.to(device) if isinstance(labels, torch.Tensor) else torch.as_tensor(labels, device=device)
+            labels = _check_labels(model, batch[label_key], label_key).to(device)
             loss = _loss(model(**inputs, labels=labels))
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
             sq = torch.stack([g.detach().double().square().sum() if g is not None

@@ -76,6 +76,29 @@ class BenchSettings:
             raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
 
 
+def check_settings(settings):
+    """`settings` itself, or the default `BenchSettings` for None."""
+    if settings is None:
+        return BenchSettings()
+    if not isinstance(settings, BenchSettings):
+        raise TypeError(f"settings must be a BenchSettings, got {type(settings).__name__}")
+    return settings
+
+
+def check_batch(batch):
+    """A training batch: a dict with a non-empty (batch, sequence) integer ``input_ids`` tensor and ``labels``."""
+    if not isinstance(batch, dict):
+        raise TypeError(f"batch must be a dict of tensors with input_ids and labels, got {type(batch).__name__}")
+    ids = batch.get("input_ids")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point():
+        shown = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"batch['input_ids'] must be a non-empty (batch, sequence) integer tensor, got {shown}")
+    if not isinstance(batch.get("labels"), torch.Tensor):
+        raise ValueError(f"batch needs a 'labels' tensor (the training step needs a loss); its keys are "
+                         f"{sorted(batch)}")
+    return batch
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One measured configuration: which implementation puts LoRA on which blocks."""
@@ -281,7 +304,8 @@ def measure_variants(base, variants, batch, settings=None, *, rounds=2, device=N
     Every measurement builds a fresh copy of `base` on `device` (default: the batch's device), so no
     configuration inherits another's state.
     """
-    settings = settings or BenchSettings()
+    settings = check_settings(settings)
+    check_batch(batch)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     variants = list(dict.fromkeys(variants))  # identical selections are measured once
@@ -360,7 +384,15 @@ class ScalingConfig:
         unknown = [p for p in self.placements if p not in PLACEMENTS]
         if unknown or not self.placements:
             raise ValueError(f"placements must be a non-empty subset of {PLACEMENTS}, got {self.placements!r}")
+        for name in ("batch_size", "seq_len", "rounds", "num_labels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.settings, BenchSettings):
+            raise TypeError(f"settings must be a BenchSettings, got {type(self.settings).__name__}")
         if self.ks is not None:
+            if isinstance(self.ks, (str, bytes)) or not hasattr(self.ks, "__iter__"):
+                raise TypeError(f"ks must be a list of ints (numbers of selected blocks), got {self.ks!r}")
             if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
                 raise ValueError(f"ks must be positive ints, got {self.ks!r}")
             if len(set(self.ks)) < 2:
@@ -375,7 +407,12 @@ def run_scaling(config=None, *, model=None, tokenizer=None, ranking=None):
     """
     from .cost import CostModel, default_calibration
 
-    config = config or ScalingConfig()
+    config = config if config is not None else ScalingConfig()
+    if not isinstance(config, ScalingConfig):
+        raise TypeError(f"config must be a ScalingConfig, got {type(config).__name__}")
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (or None to load config.model), got "
+                        f"{type(model).__name__}")
     started = time.perf_counter()
     if model is None:
         model, tokenizer = load_base_model(config.model, num_labels=config.num_labels)
@@ -470,12 +507,18 @@ def compare_with_peft(model, batch, settings=None, *, fraction=0.5, ranking=None
     gradient, so it slightly overstates the floor): PEFT / floor bounds what a faster LoRA op can gain.
     Returns ``{"rows", "ratios", ...}``; speed-ups are PEFT time / our time, memory ratios ours / PEFT's.
     """
-    settings = settings or BenchSettings()
+    settings = check_settings(settings)
+    check_batch(batch)
     num_blocks = len(find_blocks(model))
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if ranking is not None:
+        check_layers(ranking, num_blocks)  # a list of block indices
+        if sorted(ranking) != list(range(num_blocks)):
+            raise ValueError(f"ranking must be a permutation of the blocks 0..{num_blocks - 1}, got {ranking!r}")
+        ranking = list(ranking)
     if ranking is None:
         ranking = activation_ranking(model, tokenizer, target_modules=settings.target_modules).ranking()
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     everything = tuple(range(num_blocks))
     part = tuple(sorted(ranking[:max(1, math.ceil(fraction * num_blocks - 1e-9))]))
     selections = [everything, part] + [tuple(check_layers(s, num_blocks)) for s in extra_selections]

@@ -22,8 +22,11 @@ def variant_configs(base, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELIN
     """The run matrix: all-layer LoRA, Act-LoRA at each fraction, each baseline at `baseline_fraction`."""
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
+    for name, value in (("fractions", fractions), ("baselines", baselines)):
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+            raise TypeError(f"{name} must be a list, got {value!r}")
     for fraction in (*fractions, baseline_fraction):
-        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ValueError(f"fractions must be in (0, 1], got {fraction!r}")
     allowed = ("gradient", "random", "bottom", "first", "last")
     for name in baselines:
@@ -84,6 +87,11 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
     `on_run(config, report)` is called after each run (e.g. to print progress).
     """
     configs = variant_configs(base, fractions, baselines, baseline_fraction)
+    if profiles is not None and not isinstance(profiles, dict):
+        raise TypeError(f"profiles must be a dict {{'activation'|'gradient': LayerScores}}, got "
+                        f"{type(profiles).__name__}")
+    if on_run is not None and not callable(on_run):
+        raise TypeError(f"on_run must be a callable on_run(config, report), got {type(on_run).__name__}")
     if data is None:
         data = load_glue(get_task(base.task), base.data_dir, max_train_samples=base.max_train_samples,
                          max_eval_samples=base.max_eval_samples, seed=base.seed)

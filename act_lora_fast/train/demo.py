@@ -103,6 +103,12 @@ class DemoConfig:
     seed: int = 0
     progress: bool = True
 
+    def __post_init__(self):
+        # checked here, not only by run_compare: that runs after the model is loaded and profiled
+        fraction = self.fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+
 
 def _say(text, quiet):
     if not quiet:

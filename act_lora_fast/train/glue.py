@@ -230,6 +230,8 @@ def load_glue(task, data_dir=None, *, max_train_samples=None, max_eval_samples=N
     for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir must be a folder path (str) or None, got {type(data_dir).__name__}")
     if data_dir is not None:
         data = load_glue_tsv(task, data_dir)
     elif hub_reachable():

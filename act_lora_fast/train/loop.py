@@ -113,8 +113,32 @@ class TrainConfig:
             _check_int("k", self.k, 1)
         for name in ("fraction", "cumulative"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+            if value is not None and not (_is_number(value) and 0 < value <= 1):
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        for name, optional in (("dropout", False), ("warmup_ratio", False), ("weight_decay", False),
+                               ("loraplus_lr_ratio", True), ("max_grad_norm", True)):
+            value = getattr(self, name)
+            if not (_is_number(value) or (optional and value is None)):
+                raise TypeError(f"{name} must be a number{' or None' if optional else ''}, got {value!r}")
+        for name in ("group_by_length", "save_adapter", "plots", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]  # one module name, as apply_act_lora takes it
+        if self.modules_to_save is not None and not (
+                isinstance(self.modules_to_save, (list, tuple))
+                and all(isinstance(n, str) and n for n in self.modules_to_save)):
+            raise TypeError(f"modules_to_save must be None or a list of module names, got {self.modules_to_save!r}")
+        from ..anatomy import check_target_modules
+        from ..functional import check_backend_name
+
+        check_target_modules(self.target_modules)
+        check_backend_name(self.backend)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
         for name, low in (("calibration_samples", 1), ("r", 1), ("epochs", 1), ("batch_size", 1),
                           ("eval_batch_size", 1), ("grad_accum_steps", 1), ("max_seq_len", 8), ("seed", 0)):
             _check_int(name, getattr(self, name), low)
@@ -150,6 +174,10 @@ class TrainConfig:
         if self.k is not None:
             return f"{self.selection}@k={self.k}"
         return f"{self.selection}@cum={self.cumulative:g}"
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_int(name, value, low):
@@ -334,6 +362,16 @@ def evaluate(model, eval_sets, task, *, batch_size=64, ctx=None, amp_dtype=None,
     and the predictions are gathered, so the numbers equal a single-process run's.
     """
     task = get_task(task)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(eval_sets, dict):
+        raise TypeError(f"eval_sets must be a dict {{split name: TokenizedDataset}}, got {type(eval_sets).__name__}")
+    if not eval_sets:
+        raise ValueError("eval_sets is empty: give at least one split")
+    for split, dataset in eval_sets.items():
+        if not all(hasattr(dataset, name) for name in ("features", "labels", "collate")):  # a TokenizedDataset
+            raise TypeError(f"eval_sets[{split!r}] must be a TokenizedDataset, got {type(dataset).__name__}")
+    _check_int("batch_size", batch_size, 1)
     ctx = ctx or dist_utils.DistributedContext(device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
@@ -404,6 +442,11 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
         raise TypeError(f"data must be a GlueData, got {type(data).__name__}")
     if (model is None) != (tokenizer is None):
         raise ValueError("pass model and tokenizer together (or neither, to load config.model)")
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (or None to load config.model), got {type(model).__name__}")
+    if layer_scores is not None and not isinstance(layer_scores, dict):
+        raise TypeError(f"layer_scores must be a dict {{'activation'|'gradient': LayerScores}}, got "
+                        f"{type(layer_scores).__name__}")
     from .. import apply_act_lora, load_adapter, save_adapter
     from ..anatomy import find_blocks
 
