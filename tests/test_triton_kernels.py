@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from act_lora_fast.kernels import triton_autograd as TA  # noqa: E402
-from act_lora_fast.kernels._triton_utils import check_triton_device  # noqa: E402
+from act_lora_fast.kernels._triton_utils import check_triton_device, interpreter_works_with_numpy  # noqa: E402
 from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference  # noqa: E402
 from act_lora_fast.kernels.triton_backward import lora_backward, lora_backward_reference  # noqa: E402
 from act_lora_fast.kernels.triton_forward import dropout_mask, lora_forward, lora_forward_reference  # noqa: E402
@@ -234,3 +234,21 @@ def test_cpu_without_interpreter_raises(monkeypatch):
         lora_forward(x, W, None, None, None, 1.0)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         TA.triton_probe_linear(x, W)
+
+
+def test_interpreter_numpy_compatibility_rule():
+    """Triton < 3.7's interpreter breaks on numpy 2.x; the kernels say so instead of an InterpreterError."""
+    assert interpreter_works_with_numpy("3.9.0", "2.4.6")
+    assert interpreter_works_with_numpy("3.7.0+git1234", "2.5.2")
+    assert interpreter_works_with_numpy("3.6.0", "1.26.4")
+    assert not interpreter_works_with_numpy("3.6.0", "2.4.6")
+    assert not interpreter_works_with_numpy("3.4.1", "2.0.0")
+
+
+def test_old_interpreter_with_numpy_2_is_a_clear_error(monkeypatch):
+    import act_lora_fast.kernels._triton_utils as utils
+
+    monkeypatch.setattr(utils, "interpreter_works_with_numpy", lambda: False)
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="install triton>=3.7"):
+        check_triton_device(x)

@@ -15,6 +15,20 @@ def interpret_env() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _version(text) -> tuple:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2] if part.isdigit())
+
+
+def interpreter_works_with_numpy(triton_version=triton.__version__, numpy_version=None) -> bool:
+    """Triton's interpreter before 3.7 turns launch arguments into Python ints in a way numpy 2.x rejects
+    ("only 0-dimensional arrays can be converted to Python scalars"); compiled GPU kernels are unaffected."""
+    if numpy_version is None:
+        import numpy
+
+        numpy_version = numpy.__version__
+    return _version(triton_version) >= (3, 7) or _version(numpy_version) < (2,)
+
+
 def triton_available(device) -> bool:
     """True when Triton kernels can run on tensors living on `device`."""
     device = torch.device(device)
@@ -40,6 +54,9 @@ def check_triton_device(*tensors, kernel=None) -> None:
             raise RuntimeError(_INTERPRET_ERROR + f" (got tensors on {dev})")
         if kernel is not None and type(kernel).__name__ != "InterpretedFunction":
             raise RuntimeError(_INTERPRET_ERROR + " (TRITON_INTERPRET=1 was set after the kernels were built)")
+        if not interpreter_works_with_numpy():
+            raise RuntimeError(f"Triton {triton.__version__}'s interpreter cannot run with numpy 2.x: install "
+                               "triton>=3.7 to run the kernels on CPU tensors, or use backend='torch'")
 
 
 def use_interpreter_path(t: torch.Tensor) -> bool:
