@@ -6,7 +6,8 @@ Compared with the unfused formula (and PEFT's lora.Linear) it
   backward are each one big GEMM with no extra pass over y or dx (see `merges_on_the_fly`);
 - otherwise adds the rank-r expand into the base output in place (addmm) instead of allocating a second T×out
   tensor;
-- saves x·Aᵀ (T×r) for dB instead of recomputing it, and saves x only when A needs a gradient;
+- saves s·x·Aᵀ (r × T, s folded in once) for dB instead of recomputing it, and x only when A needs a gradient;
+- runs the same forward without autograd under no_grad / inference_mode;
 - gets dy·W and dy·B from one GEMM against [W, B] in backward, so dy is read once for both;
 - computes the per-token Σx² in the same call, in fp32, for activation-norm tracking.
 """
