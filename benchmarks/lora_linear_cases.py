@@ -32,18 +32,18 @@ def make_floor(T, k_in, n_out, r, device="cpu", dtype=torch.float32):
     return _step(base, x, dy)
 
 
-def make_ours(T, k_in, n_out, r, device="cpu", dtype=torch.float32, backend="auto", track_norms=False):
+def make_ours(T, k_in, n_out, r, device="cpu", dtype=torch.float32, backend="auto", track_norms=False, dropout=0.0):
     base, x, dy = _inputs(T, k_in, n_out, r, device, dtype)
-    layer = FastActLoRALinear(base, r=r, alpha=2 * r, track_norms=track_norms, backend=backend)
+    layer = FastActLoRALinear(base, r=r, alpha=2 * r, dropout=dropout, track_norms=track_norms, backend=backend)
     nn.init.normal_(layer.lora_B.weight, std=0.02)
     return _step(layer, x, dy)
 
 
-def make_peft(T, k_in, n_out, r, device="cpu", dtype=torch.float32):
+def make_peft(T, k_in, n_out, r, device="cpu", dtype=torch.float32, dropout=0.0):
     import peft
 
     base, x, dy = _inputs(T, k_in, n_out, r, device, dtype)
-    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"])
+    config = peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=dropout, target_modules=["0"])
     layer = peft.get_peft_model(nn.Sequential(base), config).base_model.model[0]
     layer.to(device=device, dtype=dtype)
     nn.init.normal_(layer.lora_B["default"].weight, std=0.02)

@@ -173,6 +173,23 @@ def test_dropout_mask_has_right_expectation_and_rate():
     assert not torch.equal(keep, dropout_mask((400, 500), p, seed=8, device=torch.device("cpu")))
 
 
+def test_dropout_masks_are_uncorrelated_across_seeds_and_neighbours():
+    """The hash mask: no correlation between consecutive seeds, neighbouring elements or rows (1M draws, so
+    a true correlation of 0 stays within ±0.005 with overwhelming probability)."""
+    cpu = torch.device("cpu")
+    a = dropout_mask((1000, 1000), 0.5, seed=41, device=cpu) > 0
+    b = dropout_mask((1000, 1000), 0.5, seed=42, device=cpu) > 0
+
+    def corr(u, v):
+        return torch.corrcoef(torch.stack([u.flatten().float(), v.flatten().float()]))[0, 1].abs().item()
+
+    assert corr(a, b) < 0.005
+    assert corr(a[:, :-1], a[:, 1:]) < 0.005  # neighbouring columns
+    assert corr(a[:-1], a[1:]) < 0.005  # neighbouring rows
+    per_row = (~a).float().mean(1)  # each row drops about half its entries
+    assert per_row.min() > 0.4 and per_row.max() < 0.6
+
+
 def test_dropout_zero_is_identical_to_no_dropout():
     x, weight, b, lora_A, lora_B, _ = make_inputs((50,), 64, 48, 4, torch.float32, True)
     y0, _ = lora_linear(x, weight, b, lora_A, lora_B, 2.0, dropout_p=0.0, seed=99, backend="torch")
