@@ -8,7 +8,7 @@ Compared with the unfused formula (and PEFT's lora.Linear) it
   tensor;
 - saves s·x·Aᵀ (r × T, s folded in once) for dB instead of recomputing it, and x only when A needs a gradient;
 - runs the same forward without autograd under no_grad / inference_mode;
-- gets dy·W and dy·B from one GEMM against [W, B] in backward, so dy is read once for both;
+- when merging, gets dx and dy·B from one GEMM against [W + s·B·A, B] in backward, so dy is read once;
 - computes the per-token Σx² in the same call, in fp32, for activation-norm tracking.
 """
 import torch
@@ -66,10 +66,6 @@ def row_sq_norms(x2d):
     return torch.linalg.vector_norm(x2d, ord=2, dim=1, dtype=torch.float32).square_()
 
 
-# Below this many tokens the copy of W that stacking makes costs more than the skinny GEMM it saves.
-STACK_MIN_TOKENS = 256
-
-
 def merges_on_the_fly(num_tokens, k_in, n_out, dtype, dropout_p):
     """Whether a call computes y = x·(W + s·B·A)ᵀ and dx = dy·(W + s·B·A), the LoRA formula regrouped.
 
@@ -83,15 +79,14 @@ def merges_on_the_fly(num_tokens, k_in, n_out, dtype, dropout_p):
     return wide_enough and dropout_p == 0.0 and num_tokens * (k_in + n_out) > 2 * k_in * n_out
 
 
-def _dx_base_plus_dyB(dy, weight, lora_B, merge_A=None, scaling=1.0):
-    """(dy·W, dy·B) from ONE GEMM against [W, B]: dy is read once and the rank-r product, too skinny for
-    BLAS to run fast on its own, rides along with the big one. dy·W comes back as a strided view; it is a
-    transient gradient, so unlike a forward output it pins nothing and nothing saves it. With `merge_A`, the
-    first block is W + s·B·A, so dy·W already includes the LoRA term of dx."""
+def _dx_merged_and_dyB(dy, weight, lora_A, lora_B, scaling):
+    """(dy·(W + s·B·A), dy·B) from ONE GEMM against [W + s·B·A, B]: the transient merged weight has to be
+    built anyway, so B's columns ride along and dy is read once. dx comes back as a strided view; it is a
+    transient gradient, so unlike a forward output it pins nothing and nothing saves it. (Without merging,
+    copying W just to stack B beside it was measured to cost more than a separate skinny dy·B.)"""
     k_in = weight.shape[1]
     stacked = torch.cat([weight, lora_B], dim=1)
-    if merge_A is not None:
-        stacked[:, :k_in].addmm_(lora_B, merge_A, alpha=scaling)
+    stacked[:, :k_in].addmm_(lora_B, lora_A, alpha=scaling)
     both = dy @ stacked
     return both[:, :k_in], both[:, k_in:]
 
@@ -145,8 +140,8 @@ class TorchFusedLoRA(torch.autograd.Function):
         if p > 0.0 and (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
             keep = dropout_keep_mask((dy.shape[0], lora_A.shape[1]), p, ctx.seed, dy.device, dy.dtype)
         dx = dA = dB = None
-        if ctx.needs_input_grad[0] and (ctx.merged or dy.shape[0] >= STACK_MIN_TOKENS):
-            dx, dyB = _dx_base_plus_dyB(dy, weight, lora_B, merge_A=lora_A if ctx.merged else None, scaling=s)
+        if ctx.needs_input_grad[0] and ctx.merged:
+            dx, dyB = _dx_merged_and_dyB(dy, weight, lora_A, lora_B, s)
         else:
             if ctx.needs_input_grad[0]:
                 dx = dy @ weight
