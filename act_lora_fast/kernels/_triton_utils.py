@@ -1,4 +1,5 @@
 """Small helpers shared by the Triton LoRA kernels (device checks, block sizes, dot helpers)."""
+import functools
 import os
 
 import torch
@@ -19,6 +20,7 @@ def _version(text) -> tuple:
     return tuple(int(part) for part in text.split("+")[0].split(".")[:2] if part.isdigit())
 
 
+@functools.lru_cache(maxsize=None)  # checked on every interpreted launch; versions do not change
 def interpreter_works_with_numpy(triton_version=triton.__version__, numpy_version=None) -> bool:
     """Triton's interpreter before 3.7 turns launch arguments into Python ints in a way numpy 2.x rejects
     ("only 0-dimensional arrays can be converted to Python scalars"); compiled GPU kernels are unaffected."""
