@@ -9,7 +9,9 @@ selections, is more than 10 % off on memory or on mean step time on the selectio
 """
 import os
 
-from act_lora_fast.scaling import BenchSettings, ScalingConfig, format_table, run_scaling, write_scaling
+from act_lora_fast.measure.harness import BenchSettings
+from act_lora_fast.measure.report import format_table, write_scaling
+from act_lora_fast.measure.scaling import ScalingConfig, run_scaling
 
 MIN_R2 = 0.98
 MAX_COST_ERROR = 0.10

@@ -16,8 +16,10 @@ import os
 import pytest
 import torch
 
-from act_lora_fast.scaling import (BenchSettings, compare_with_peft, format_peft_table, load_base_model,
-                                   resolve_device, synthetic_batch, write_json)
+from act_lora_fast._io import write_json
+from act_lora_fast.measure.harness import BenchSettings, resolve_device, synthetic_batch
+from act_lora_fast.measure.vs_peft import compare_with_peft, format_peft_table
+from act_lora_fast.model.hf import load_classifier
 
 TARGET_ALL, TARGET_HALF = 1.25, 1.6
 MEMORY_TOLERANCE = 1.001  # "no more memory": bookkeeping-sized differences only
@@ -58,7 +60,7 @@ def _run(benchmark, bench_env, model, tokenizer, *, label, batch_size, seq_len):
 
 
 def test_vs_peft(benchmark, bench_env):
-    model, tokenizer = load_base_model(bench_env["model"])
+    model, tokenizer = load_classifier(bench_env["model"], require_tokenizer=False)
     options = bench_env["peft"]
     _run(benchmark, bench_env, model, tokenizer, label=os.path.basename(bench_env["model"].rstrip("/")),
          batch_size=options["batch_size"], seq_len=options["seq_len"])

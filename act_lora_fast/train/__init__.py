@@ -1,1 +1,1 @@
-"""Training, GLUE data and metrics, cost accounting."""
+"""Training: config, the loop, evaluation, plots, compare, the demo, DDP helpers."""

@@ -11,11 +11,16 @@ from typing import Optional
 
 import numpy as np
 
-from .glue import get_task, load_glue
-from .loop import TrainConfig, _save_figure, train, write_json_atomic
+from .. import _dist
+from .._checks import check_choice, check_fraction
+from .._io import new_figure, save_figure, write_json, write_text
+from ..data.glue import get_task, load_glue
+from .config import TrainConfig
+from .loop import train
 
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
 DEFAULT_BASELINES = ("gradient", "random", "bottom", "last")
+BASELINES = ("gradient", "random", "bottom", "first", "last")
 
 
 def variant_configs(base, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINES, baseline_fraction=0.5):
@@ -26,12 +31,9 @@ def variant_configs(base, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELIN
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
             raise TypeError(f"{name} must be a list, got {value!r}")
     for fraction in (*fractions, baseline_fraction):
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise ValueError(f"fractions must be in (0, 1], got {fraction!r}")
-    allowed = ("gradient", "random", "bottom", "first", "last")
+        check_fraction("fractions", fraction)
     for name in baselines:
-        if name not in allowed:
-            raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(allowed)}")
+        check_choice("baseline", name, BASELINES)
     common = dict(k=None, cumulative=None, resume_from=None)
     configs = [dataclasses.replace(base, selection="all", fraction=None, **common)]
     configs += [dataclasses.replace(base, selection="activation", fraction=float(f), **common) for f in fractions]
@@ -107,15 +109,9 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
         if on_run is not None:
             on_run(config, result.report)
     outcome = CompareResult(task=data.task.name, rows=rows, data_source=data.source, output_dir=output_dir)
-    if output_dir and _is_main():
+    if output_dir and _dist.is_main_process():
         write_compare_outputs(outcome, output_dir)
     return outcome
-
-
-def _is_main():
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _slug(config):
@@ -124,12 +120,8 @@ def _slug(config):
 
 def write_compare_outputs(outcome, output_dir, *, stem="compare"):
     os.makedirs(output_dir, exist_ok=True)
-    md_path = os.path.join(output_dir, f"{stem}.md")
-    tmp = md_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(outcome.markdown() + "\n")
-    os.replace(tmp, md_path)
-    write_json_atomic(os.path.join(output_dir, f"{stem}.json"),
+    write_text(os.path.join(output_dir, f"{stem}.md"), outcome.markdown() + "\n")
+    write_json(os.path.join(output_dir, f"{stem}.json"),
                       {"task": outcome.task, "data_source": outcome.data_source, "rows": outcome.rows})
     plot_compare(outcome.rows, os.path.join(output_dir, f"{stem}.png"), title=outcome.task)
 
@@ -173,12 +165,7 @@ def summarize(results):
 
 def plot_compare(rows, path, title=None):
     """Score against step time, one point per variant: the trade-off at a glance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax,) = new_figure(1, width=6.5, height=4)
     for index, row in enumerate(rows):
         marker = "s" if row["selection"] == "all" else ("o" if row["selection"] == "activation" else "^")
         ax.scatter(row["step_ms"], row["score"], marker=marker, s=50)
@@ -187,4 +174,4 @@ def plot_compare(rows, path, title=None):
                     xytext=(5, 4) if index % 2 == 0 else (5, -10), textcoords="offset points")
     ax.set(xlabel="median step time (ms)", ylabel="score (GLUE points)", title=title or "")
     ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

