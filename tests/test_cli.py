@@ -4,8 +4,6 @@ makes, the choice lists are the library's, --help works everywhere, and bad inpu
 Nothing here trains or profiles: where a command would start work, the library function it calls is replaced by
 one that records its arguments and stops the command.
 """
-import dataclasses
-import json
 import os
 import re
 import subprocess
