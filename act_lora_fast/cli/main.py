@@ -31,6 +31,6 @@ def main(argv=None):
     except (ValueError, TypeError, OSError) as err:
         # Bad input already carries a message naming the problem; a traceback would only bury it. OSError:
         # missing or unreadable paths, and Hugging Face's "model not found (offline, not cached)" errors.
-        print(f"act-lora {args.command}: error: {err}", file=sys.stderr)
+        print(f"act-lora {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
 

@@ -112,7 +112,7 @@ def _compare(args):
 
     tasks = csv_list(args.task)
     if not tasks:
-        raise SystemExit("act-lora compare: --task needs at least one task name")
+        raise ValueError("--task needs at least one task name")  # main reports it: exit 2, one line
     results = []
     try:
         for task in tasks:
