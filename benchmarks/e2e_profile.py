@@ -4,16 +4,17 @@ MiniLM-L6 (bundled), batch 16 × 128, r = 8, every linear of the blocks (q, k, v
 AdamW, one thread, CPU time of the process. Two selections: all six blocks and the activation-selected half.
 For each, "ours" (`apply_act_lora`) and the floor at the same backward depth (same frozen model, no LoRA,
 backward forced down to the lowest selected block; `act_lora_fast.scaling.build_variant`'s ``floor``)
-are measured interleaved (ratios = medians over rounds). Then one step of ours and of the floor on all six
-blocks runs under ``torch.profiler`` and the per-op self CPU time of both is printed side by side, largest
-difference first: the overhead's breakdown.
+are measured interleaved (ratios = medians over rounds). Then steps of ours and of the floor on all six
+blocks run under ``torch.profiler`` (alternating, one step at a time, medians) and the per-op self CPU time
+of both is printed side by side, largest difference first: the overhead's breakdown.
 
     python benchmarks/e2e_profile.py                        # ratios (5 rounds) + profile
-    python benchmarks/e2e_profile.py --rounds 3 --json out.json --profile-steps 2
+    python benchmarks/e2e_profile.py --rounds 3 --json out.json --profile-steps 3 --part 2,3,4
 """
 import argparse
 import collections
 import json
+import statistics
 import sys
 import time
 
@@ -39,26 +40,37 @@ def ratios(model, batch, settings, selections, rounds):
     return rows
 
 
-def op_profile(model, batch, settings, layers, implementation, steps):
-    """{op name: (self CPU µs per step, calls per step)} over `steps` training steps after one warm-up."""
-    net = build_variant(model, Variant(tuple(layers), implementation), settings)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr)
+def op_profiles(model, batch, settings, layers, steps):
+    """{"ours"|"floor": {op name: (median self CPU µs per step, calls per step)}}: the two models are built
+    once and profiled one step at a time, alternating, so load drifts hit both; medians over `steps`."""
+    nets, optimizers = {}, {}
+    for label, implementation in (("ours", "act_lora"), ("floor", FLOOR)):
+        nets[label] = build_variant(model, Variant(tuple(layers), implementation), settings)
+        optimizers[label] = torch.optim.AdamW([p for p in nets[label].parameters() if p.requires_grad],
+                                              lr=settings.lr)
 
-    def step():
-        net(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step(label):
+        nets[label](**batch).loss.backward()
+        optimizers[label].step()
+        optimizers[label].zero_grad(set_to_none=True)
 
-    step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    ops = collections.defaultdict(lambda: [0.0, 0])
-    for event in prof.key_averages():
-        ops[event.key][0] += event.self_cpu_time_total / steps
-        ops[event.key][1] += event.count / steps
-    return dict(ops)
+    samples = {label: collections.defaultdict(list) for label in nets}
+    calls = {label: {} for label in nets}
+    for label in nets:
+        step(label)  # warm-up
+    for index in range(steps):
+        for label in (("ours", "floor") if index % 2 == 0 else ("floor", "ours")):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                step(label)
+            seen = set()
+            for event in prof.key_averages():
+                samples[label][event.key].append(event.self_cpu_time_total)
+                calls[label][event.key] = event.count
+                seen.add(event.key)
+            for name in set(samples[label]) - seen:
+                samples[label][name].append(0.0)
+    return {label: {name: (statistics.median(values), calls[label].get(name, 0))
+                    for name, values in samples[label].items()} for label in nets}
 
 
 def format_profile(ours, floor, top):
@@ -79,10 +91,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the ratios (0: skip them)")
     parser.add_argument("--steps", type=int, default=1, help="measured steps per round")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--profile-steps", type=int, default=2, help="0: skip the per-op profile")
+    parser.add_argument("--profile-steps", type=int, default=5, help="profiled steps per model (0: skip)")
     parser.add_argument("--top", type=int, default=25, help="rows of the per-op table")
     parser.add_argument("--part", default=None, help="comma-separated blocks of the half (default: activation "
                                                      "ranking's top half)")
@@ -103,7 +115,7 @@ def main(argv=None):
     selections = [list(range(blocks)), part]
     print(f"{args.model}: batch {args.batch_size} x {args.seq_len}, r={args.r}, all linears of the blocks, "
           f"{args.threads} thread(s), CPU time, {args.rounds} rounds x {args.steps} step(s), torch {torch.__version__}")
-    rows = ratios(model, batch, settings, selections, args.rounds)
+    rows = ratios(model, batch, settings, selections, args.rounds) if args.rounds else []
     for row in rows:
         print(f"blocks {row['layers']}: ours {row['ours_step_ms']:.0f} ms (fwd {row['ours_forward_ms']:.0f}, bwd "
               f"{row['ours_backward_ms']:.0f}, opt {row['ours_optimizer_ms']:.0f}), floor {row['floor_step_ms']:.0f} ms "
@@ -113,9 +125,10 @@ def main(argv=None):
     result = {"model": args.model, "batch": [args.batch_size, args.seq_len], "r": args.r, "threads": args.threads,
               "rounds": args.rounds, "rows": rows}
     if args.profile_steps:
-        ours = op_profile(model, batch, settings, selections[0], "act_lora", args.profile_steps)
-        floor = op_profile(model, batch, settings, selections[0], FLOOR, args.profile_steps)
-        print(f"\nper-op profile, all {blocks} blocks, {args.profile_steps} step(s) each (torch.profiler):")
+        profiles = op_profiles(model, batch, settings, selections[0], args.profile_steps)
+        ours, floor = profiles["ours"], profiles["floor"]
+        print(f"\nper-op profile, all {blocks} blocks, median of {args.profile_steps} alternating profiled steps "
+              "each (torch.profiler, self CPU time):")
         print(format_profile(ours, floor, args.top))
         result["profile_us_per_step"] = {"ours": ours, "floor": floor}
     if args.json:

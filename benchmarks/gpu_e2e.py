@@ -3,8 +3,9 @@
 Random-weight models built from transformers configs (no hub): a BERT-large classifier and a Llama-style
 decoder of about 1B parameters (4 blocks of Llama-2-7B width: hidden 4096, MLP 11008, 32 heads; 32k vocab).
 Base weights in bf16 and frozen; LoRA r = 16 on every linear of every block; the task head trained in full;
-AdamW. Ours takes the base dtype for its adapters; PEFT keeps its default (adapters upcast to fp32, its
-``autocast_adapter_dtype``). The floor: no adapters, backward forced through every block
+AdamW. Ours takes the base dtype for its adapters. PEFT runs twice: ``peft`` with its defaults (adapters
+upcast to fp32 by ``autocast_adapter_dtype``, so each LoRA layer also casts x to fp32), ``peft[bf16]`` with
+its adapters cast to bf16 like ours. The floor: no adapters, backward forced through every block
 (`act_lora_fast.scaling.build_variant`). Contenders are interleaved round by round, each on a fresh copy of
 the model (`act_lora_fast.scaling.measure_training_steps`, wall clock with CUDA syncs, median over rounds).
 Prints ``SUMMARY e2e ...``; ``--budget-s`` skips what would start after the budget is spent.
@@ -52,7 +53,19 @@ def build_model(name, smoke=False, seed=0):
 
 def contenders(backends):
     """(label, implementation, backend) of every measured configuration."""
-    return ([(f"ours[{b}]", "act_lora", b) for b in backends] + [("peft", "peft", "auto"), ("floor", FLOOR, "auto")])
+    return ([(f"ours[{b}]", "act_lora", b) for b in backends]
+            + [("peft", "peft", "auto"), ("peft[bf16]", "peft", "bf16"), ("floor", FLOOR, "auto")])
+
+
+def build(base, blocks, implementation, backend, settings, device):
+    if implementation == "peft":
+        model = build_variant(base, Variant(blocks, "peft"), settings, device)
+        if backend == "bf16":  # PEFT's adapters in the base dtype, as ours: no fp32 copy of x per layer
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.data = param.data.to(torch.bfloat16)
+        return model
+    return build_variant(base, Variant(blocks, implementation), dataclasses.replace(settings, backend=backend), device)
 
 
 def run_model(name, device, backends, rounds, r, smoke):
@@ -69,10 +82,9 @@ def run_model(name, device, backends, rounds, r, smoke):
                 continue
             try:
                 torch.manual_seed(round_index)
-                config = dataclasses.replace(settings, backend=backend)
-                model = build_variant(base, Variant(blocks, implementation), config, device)
+                model = build(base, blocks, implementation, backend, settings, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16):
-                    runs[label].append(measure_training_steps(model, batch, config, device))
+                    runs[label].append(measure_training_steps(model, batch, settings, device))
                 del model
             except Exception as err:  # one failing contender must not hide the others
                 errors[label] = f"{type(err).__name__}: {str(err)[:300]}"
@@ -103,6 +115,8 @@ def format_result(result):
             extra.append(f"/floor {row['step_ms'] / floor:.3f}")
         if peft and label.startswith("ours"):
             extra.append(f"peft/this {peft / row['step_ms']:.3f}")
+        if rows.get("peft[bf16]") and label.startswith("ours"):
+            extra.append(f"peft[bf16]/this {rows['peft[bf16]']['step_ms'] / row['step_ms']:.3f}")
         lines.append(f"  {label:<13} step {row['step_ms']:8.1f} ms (fwd {row['forward_ms']:.1f}, bwd "
                      f"{row['backward_ms']:.1f}) mem {row['memory_mib']:8.0f} MiB  " + "  ".join(extra))
     for label, err in result["errors"].items():
@@ -115,8 +129,10 @@ def summary_part(result):
     if "peft" not in rows:
         return f"{result['model']} no PEFT number"
     parts = [f"peft/floor={rows['peft']['step_ms'] / rows['floor']['step_ms']:.3f}"] if "floor" in rows else []
-    parts += [f"peft/{label}={rows['peft']['step_ms'] / row['step_ms']:.3f}" for label, row in rows.items()
-              if label.startswith("ours")]
+    for peft_label in ("peft", "peft[bf16]"):
+        if peft_label in rows:
+            parts += [f"{peft_label}/{label}={rows[peft_label]['step_ms'] / row['step_ms']:.3f}"
+                      for label, row in rows.items() if label.startswith("ours")]
     parts += [f"{label} FAILED" for label in result["errors"]]
     return f"{result['model']} " + " ".join(parts)
 

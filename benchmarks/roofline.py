@@ -11,7 +11,9 @@ Contenders (the launches are read from the code, one row per CUDA kernel or cuBL
   split-T dA and dB partials, their torch sums/copies, the two ``torch.zeros`` of dA and dB).
 - ``triton_fused_dy``: the issue's planned backward (dy·B and dB in one pass over dy, partials summed straight
   into the gradients' dtype, no zero-fills): what the rewrite should reach.
-- ``torch``: our torch path (``kernels/torch_fused.py``) run on CUDA: cuBLAS GEMMs plus torch element-wise ops.
+- ``hybrid``: the issue's planned torch path on CUDA: cuBLAS for both big GEMMs, fused Triton kernels for the
+  rank-r passes; the expand and dx's LoRA term are rank-r cuBLAS updates (beta = 1: a read + write of y, dx).
+- ``torch``: our torch path (``kernels/torch_fused.py``) run on CUDA as it is: cuBLAS GEMMs plus torch ops.
 - ``peft``: PEFT's ``lora.Linear`` (base linear, dropout, lora_A, lora_B, ·scaling, +) and its autograd backward.
 
 Model. Each launch takes max(FLOPs / compute peak, bytes / HBM bandwidth) + an optional fixed launch cost.
@@ -49,7 +51,7 @@ DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float1
           "fp32": "float32", "float32": "float32", "float": "float32"}
 ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 FP32 = 4
-BACKENDS = ("triton", "triton_fused_dy", "torch")
+BACKENDS = ("triton", "triton_fused_dy", "hybrid", "torch")
 # Block sizes of the Triton skinny reductions (kernels/triton_backward.py: RED_BLOCK_T, RED_BLOCK_C).
 RED_BLOCK_T = RED_BLOCK_C = 64
 
@@ -125,6 +127,27 @@ def triton_launches(T, K, N, R, e, bias, dropout, rowsq, fused_dy=False, num_sms
                   T * N * e + T * R * FP32 + s_b * N * R * FP32),
            *_reduce_partials("dB", s_b, N, R, e)]
     return fwd + bwd
+
+
+def hybrid_launches(T, K, N, R, e, bias, dropout, rowsq, num_sms=H200_SMS):
+    """cuBLAS for both big GEMMs, fused Triton kernels for the rank-r passes (the issue's torch path on CUDA):
+    the expand and dx's LoRA term become rank-r cuBLAS updates with beta = 1, each a read + write of y / dx."""
+    b = N * e if bias else 0
+    s_a, s_b = split_t(T, _cdiv(K, RED_BLOCK_C), num_sms), split_t(T, _cdiv(N, RED_BLOCK_C), num_sms)
+    return [Launch("shrink xa = s·drop(x)·Aᵀ" + (" + rowsq" if rowsq else "") + " (Triton, dtype out)", "forward",
+                   "triton", 2 * T * K * R + (2 * T * K if rowsq else 0),
+                   (T * K + R * K + T * R) * e + (T * FP32 if rowsq else 0)),
+            Launch("addmm y = x·Wᵀ + b", "forward", "cublas", 2 * T * N * K, (T * K + N * K + T * N) * e + b),
+            Launch("addmm_ y += xa·Bᵀ", "forward", "cublas", 2 * T * N * R, (2 * T * N + T * R + N * R) * e),
+            Launch(f"dyB = s·dy·B and dB partials in one pass (Triton, split-T {s_b})", "backward", "triton",
+                   4 * T * N * R, (T * N + N * R + 2 * T * R) * e + s_b * N * R * FP32),
+            Launch("mm dx = dy·W", "backward", "cublas", 2 * T * N * K, (T * N + N * K + T * K) * e),
+            Launch("addmm_ dx += dyB·A" + (" (mask in a Triton epilogue)" if dropout else ""), "backward",
+                   "cublas", 2 * T * K * R, (2 * T * K + T * R + R * K) * e),
+            Launch(f"dA partials = dyBᵀ·drop(x) (Triton, split-T {s_a})", "backward", "triton", 2 * T * R * K,
+                   T * K * e + T * R * e + s_a * R * K * FP32),
+            Launch("sum dA partials -> dtype", "backward", "torch", s_a * R * K, s_a * R * K * FP32 + R * K * e),
+            Launch("sum dB partials -> dtype", "backward", "torch", s_b * N * R, s_b * N * R * FP32 + N * R * e)]
 
 
 def _torch_mask_launches(T, K, e, phase):
@@ -228,13 +251,23 @@ def _fraction(name, value, low, high, low_open=False):
     return float(value)
 
 
+def _needed_efficiency(gemm_us, other_us, budget_us):
+    """Triton GEMM efficiency e with gemm_us / e + other_us = budget_us (None when no e <= 1 reaches it)."""
+    if budget_us <= other_us:
+        return None
+    needed = gemm_us / (budget_us - other_us)
+    return needed if needed <= 1.0 else None
+
+
 def predict(T, IN, OUT, R, dtype="bf16", *, bias=True, dropout=0.0, rowsq=False, peaks="achievable",
-            triton_gemm_efficiency=1.0, launch_us=0.0, num_sms=H200_SMS):
+            triton_gemm_efficiency=1.0, launch_us=0.0, num_sms=H200_SMS, target=1.08):
     """Launch lists, totals and predicted ratios for one LoRA linear (T tokens, IN -> OUT, rank R) on an H200.
 
     Returns ``{"shape", "dtype", "peaks", "contenders": {name: {"launches": [...], "time_us", "flops",
     "bytes", "launch_count"}}, "ratios": {...}}`` with ratios ``<backend>/floor``, ``peft/floor`` and
-    ``peft/<backend>`` for every backend in `BACKENDS`. Raises TypeError / ValueError naming a bad argument.
+    ``peft/<backend>`` for every backend in `BACKENDS`, and ``needed_gemm_efficiency``: for each Triton design,
+    the fraction of cuBLAS's throughput its two GEMMs must reach to meet ``<design>/floor <= target`` and to tie
+    the cuBLAS ``hybrid`` (None: out of reach even at 1.0). Raises TypeError / ValueError naming a bad argument.
     """
     T, K, N, R = (_positive_int(n, v) for n, v in (("T", T), ("IN", IN), ("OUT", OUT), ("R", R)))
     if not isinstance(dtype, str) or dtype.lower() not in DTYPES:
@@ -248,11 +281,13 @@ def predict(T, IN, OUT, R, dtype="bf16", *, bias=True, dropout=0.0, rowsq=False,
     gemm_eff = _fraction("triton_gemm_efficiency", triton_gemm_efficiency, 0.0, 1.0, low_open=True)
     launch_us = _fraction("launch_us", launch_us, 0.0, 1e6)
     _positive_int("num_sms", num_sms)
+    target = _fraction("target", target, 1.0, 100.0)
     e, table = ELEMENT_BYTES[dtype], PEAKS[peaks]
     common = (T, K, N, R, e, bool(bias), dropout, bool(rowsq))
     lists = {"floor": floor_launches(*common),
              "triton": triton_launches(*common, num_sms=num_sms),
              "triton_fused_dy": triton_launches(*common, fused_dy=True, num_sms=num_sms),
+             "hybrid": hybrid_launches(*common, num_sms=num_sms),
              "torch": torch_launches(*common, dtype),
              "peft": peft_launches(*common)}
     contenders = {}
@@ -268,11 +303,18 @@ def predict(T, IN, OUT, R, dtype="bf16", *, bias=True, dropout=0.0, rowsq=False,
     for backend in BACKENDS:
         ratios[f"{backend}/floor"] = t[backend] / t["floor"]
         ratios[f"peft/{backend}"] = t["peft"] / t[backend]
+    needed = {}
+    for design in ("triton", "triton_fused_dy"):
+        rows = contenders[design]["launches"]
+        gemm = sum(r["time_us"] - launch_us for r in rows if r["engine"] == "triton_gemm") * gemm_eff
+        other = contenders[design]["time_us"] - gemm / gemm_eff
+        needed[design] = {f"for {target:g}x floor": _needed_efficiency(gemm, other, target * t["floor"]),
+                          "to tie hybrid": _needed_efficiency(gemm, other, t["hybrid"])}
     return {"shape": {"T": T, "IN": K, "OUT": N, "R": R}, "dtype": dtype, "bias": bool(bias), "dropout": dropout,
             "rowsq": bool(rowsq),
             "peaks": {"name": peaks, "compute_flops_per_s": table[dtype], "hbm_bytes_per_s": table["hbm"],
                       "source": DATASHEET_URL, "triton_gemm_efficiency": gemm_eff, "launch_us": launch_us},
-            "contenders": contenders, "ratios": ratios}
+            "contenders": contenders, "ratios": ratios, "needed_gemm_efficiency": needed}
 
 
 def parse_shape(text):
@@ -287,7 +329,7 @@ def parse_shape(text):
     return values
 
 
-def format_prediction(pred, contenders=("floor", "triton", "triton_fused_dy", "torch", "peft")):
+def format_prediction(pred, contenders=("floor",) + BACKENDS + ("peft",)):
     s, p = pred["shape"], pred["peaks"]
     lines = [f"== T={s['T']} IN={s['IN']} OUT={s['OUT']} R={s['R']} {pred['dtype']} bias={pred['bias']} "
              f"dropout={pred['dropout']} | peaks: {p['name']} {p['compute_flops_per_s'] / 1e12:.1f} TFLOP/s, "
@@ -302,6 +344,10 @@ def format_prediction(pred, contenders=("floor", "triton", "triton_fused_dy", "t
                          f"{r['bytes'] / 1e6:>9.2f} MB {r['time_us']:>9.2f} µs  {r['bound']}")
     ratios = pred["ratios"]
     lines.append("predicted: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    fmt = lambda v: "out of reach" if v is None else f"{v:.3f}"  # noqa: E731
+    lines.append("Triton GEMM efficiency (fraction of cuBLAS) needed: " + "; ".join(
+        f"{design} " + ", ".join(f"{goal} {fmt(v)}" for goal, v in goals.items())
+        for design, goals in pred["needed_gemm_efficiency"].items()))
     return "\n".join(lines)
 
 
@@ -317,12 +363,14 @@ def main(argv=None):
     parser.add_argument("--triton-gemm-eff", type=float, default=1.0,
                         help="compute throughput of our Triton GEMMs relative to cuBLAS (0 < e <= 1)")
     parser.add_argument("--launch-us", type=float, default=0.0, help="fixed cost per launch (µs)")
+    parser.add_argument("--target", type=float, default=1.08, help="ours/floor target for the needed-efficiency line")
     parser.add_argument("--json", default=None, help="also write every prediction here")
     args = parser.parse_args(argv)
     try:
         shapes = [parse_shape(s) for s in (args.shape or ["8192,4096,4096,16"])]
         preds = [predict(*shape, args.dtype, bias=not args.no_bias, dropout=args.dropout, rowsq=args.rowsq,
-                         peaks=args.peaks, triton_gemm_efficiency=args.triton_gemm_eff, launch_us=args.launch_us)
+                         peaks=args.peaks, triton_gemm_efficiency=args.triton_gemm_eff, launch_us=args.launch_us,
+                         target=args.target)
                  for shape in shapes]
     except (TypeError, ValueError) as err:
         parser.error(str(err))

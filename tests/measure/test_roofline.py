@@ -127,3 +127,18 @@ def test_cli_prints_every_contender_and_writes_json(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOFLINE_PATH), "--shape", "1,2,3"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "four positive ints" in bad.stderr
+
+
+def test_needed_gemm_efficiency_is_consistent():
+    pred = roofline.predict(8192, 4096, 4096, 16, "bf16")
+    needed = pred["needed_gemm_efficiency"]["triton_fused_dy"]
+    tie = needed["to tie hybrid"]
+    assert 0.5 < tie < 1.0
+    # at exactly that efficiency the planned Triton design and the cuBLAS hybrid take the same time
+    at_tie = roofline.predict(8192, 4096, 4096, 16, "bf16", triton_gemm_efficiency=tie)["contenders"]
+    assert at_tie["triton_fused_dy"]["time_us"] == pytest.approx(at_tie["hybrid"]["time_us"], rel=1e-9)
+    at_target = roofline.predict(8192, 4096, 4096, 16, "bf16", triton_gemm_efficiency=needed["for 1.08x floor"])
+    assert at_target["ratios"]["triton_fused_dy/floor"] == pytest.approx(1.08, rel=1e-9)
+    # a target below what even perfect kernels reach is reported as out of reach
+    assert roofline.predict(8192, 4096, 4096, 16, "bf16", target=1.01)["needed_gemm_efficiency"]["triton"][
+        "for 1.01x floor"] is None
