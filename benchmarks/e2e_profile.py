@@ -5,23 +5,26 @@ AdamW, one thread, CPU time of the process. Two selections: all six blocks and t
 For each, "ours" (`apply_act_lora`) and the floor at the same backward depth (same frozen model, no LoRA,
 backward forced down to the lowest selected block; `act_lora_fast.scaling.build_variant`'s ``floor``)
 are measured interleaved (ratios = medians over rounds). Then steps of ours and of the floor on all six
-blocks run under ``torch.profiler`` (alternating, one step at a time, medians) and the per-op self CPU time
-of both is printed side by side, largest difference first: the overhead's breakdown.
+blocks are timed op by op (thread CPU time of every ATen op through a TorchDispatchMode; alternating, one
+step at a time, medians) and printed side by side, largest difference first: the overhead's breakdown.
 
     python benchmarks/e2e_profile.py                        # ratios (5 rounds) + profile
     python benchmarks/e2e_profile.py --rounds 3 --json out.json --profile-steps 3 --part 2,3,4
 """
 import argparse
 import collections
+import contextlib
+import inspect
 import json
 import statistics
 import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from act_lora_fast.scaling import (FLOOR, BenchSettings, Variant, activation_ranking, build_variant,
-                                   load_base_model, measure_variants, synthetic_batch)
+                                   load_base_model, measure_training_steps, measure_variants, synthetic_batch)
 
 
 def ratios(model, batch, settings, selections, rounds):
@@ -40,9 +43,79 @@ def ratios(model, batch, settings, selections, rounds):
     return rows
 
 
+@contextlib.contextmanager
+def narrow_input_stacking():
+    """What-if for `kernels/torch_fused.py` (not ours to edit): stack [W, B] in backward only when in <= out.
+
+    Stacking returns dx as a strided view (row stride in + r). Fed to an FFN's GELU (the FFN output layer,
+    in > out), a strided gradient makes ``gelu_backward`` several times slower; for that layer a separate
+    dy·B costs no more than the stacked GEMM's extra columns (dy is narrow there). The patched rule reads
+    W's shape from the caller's frame (TorchFusedLoRA.backward), which the real rule would get as an argument.
+    """
+    from act_lora_fast.kernels import torch_fused
+
+    original = torch_fused.stacks_b_beside_w
+
+    def patched(num_tokens, k_in, merged):
+        n_out = inspect.currentframe().f_back.f_locals["weight"].shape[0]
+        return original(num_tokens, k_in, merged) and k_in <= n_out
+
+    torch_fused.stacks_b_beside_w = patched
+    try:
+        yield
+    finally:
+        torch_fused.stacks_b_beside_w = original
+
+
+def what_if(model, batch, settings, selections, rounds):
+    """floor, ours and ours under `narrow_input_stacking`, interleaved (fresh model per measurement)."""
+    configs = [(label, tuple(layers), impl, patch) for layers in selections
+               for label, impl, patch in (("floor", FLOOR, contextlib.nullcontext), ("ours", "act_lora",
+                                          contextlib.nullcontext), ("ours[narrow-stack]", "act_lora",
+                                                                    narrow_input_stacking))]
+    steps = collections.defaultdict(list)
+    for index in range(rounds):
+        for label, layers, impl, patch in (configs if index % 2 == 0 else configs[::-1]):
+            torch.manual_seed(index)
+            with patch():
+                net = build_variant(model, Variant(layers, impl), settings)
+                steps[(label, layers)].append(measure_training_steps(net, batch, settings, "cpu")["step_ms"])
+    rows = []
+    for layers in selections:
+        get = lambda label: steps[(label, tuple(layers))]  # noqa: E731
+        rows.append({"layers": list(layers), **{f"{label}_step_ms": statistics.median(get(label))
+                                                for label in ("floor", "ours", "ours[narrow-stack]")},
+                     **{f"{label}/floor": statistics.median(a / b for a, b in zip(get(label), get("floor")))
+                        for label in ("ours", "ours[narrow-stack]")}})
+    return rows
+
+
+class OpCPUTime(TorchDispatchMode):
+    """Thread CPU time (user + system, so page faults count) of every ATen op, by op name.
+
+    CPU time, unlike the profiler's wall-clock spans, does not grow when other processes preempt this one: on
+    a shared 2-core box under load the two differ by 2x. Ops are timed where autograd dispatches them, so an
+    op's time includes everything it calls (no double counting); the rest of a step (Python, autograd's
+    bookkeeping, dispatch) is reported as "(outside ATen ops)".
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.ns = collections.Counter()
+        self.calls = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.thread_time_ns()
+        out = func(*args, **(kwargs or {}))
+        name = f"aten::{func.overloadpacket.__name__}"
+        self.ns[name] += time.thread_time_ns() - start
+        self.calls[name] += 1
+        return out
+
+
 def op_profiles(model, batch, settings, layers, steps):
-    """{"ours"|"floor": {op name: (median self CPU µs per step, calls per step)}}: the two models are built
-    once and profiled one step at a time, alternating, so load drifts hit both; medians over `steps`."""
+    """{"ours"|"floor": {op name: (median CPU µs per step, calls per step)}}: the two models are built once
+    and timed one step at a time, alternating, so drifts hit both; medians over `steps`."""
     nets, optimizers = {}, {}
     for label, implementation in (("ours", "act_lora"), ("floor", FLOOR)):
         nets[label] = build_variant(model, Variant(tuple(layers), implementation), settings)
@@ -60,24 +133,25 @@ def op_profiles(model, batch, settings, layers, steps):
         step(label)  # warm-up
     for index in range(steps):
         for label in (("ours", "floor") if index % 2 == 0 else ("floor", "ours")):
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            timer = OpCPUTime()
+            start = time.thread_time_ns()
+            with timer:
                 step(label)
-            seen = set()
-            for event in prof.key_averages():
-                samples[label][event.key].append(event.self_cpu_time_total)
-                calls[label][event.key] = event.count
-                seen.add(event.key)
-            for name in set(samples[label]) - seen:
-                samples[label][name].append(0.0)
+            total = time.thread_time_ns() - start
+            timer.ns["(outside ATen ops)"] = total - sum(timer.ns.values())
+            timer.ns["(step total)"] = total
+            for name in set(samples[label]) | set(timer.ns):
+                samples[label][name].append(timer.ns.get(name, 0) / 1e3)
+                calls[label][name] = timer.calls.get(name, 0)
     return {label: {name: (statistics.median(values), calls[label].get(name, 0))
                     for name, values in samples[label].items()} for label in nets}
 
 
 def format_profile(ours, floor, top):
     names = sorted(set(ours) | set(floor), key=lambda n: -abs(ours.get(n, (0, 0))[0] - floor.get(n, (0, 0))[0]))
-    total_o, total_f = sum(v[0] for v in ours.values()), sum(v[0] for v in floor.values())
-    lines = [f"self CPU per step: ours {total_o / 1e3:.1f} ms, floor {total_f / 1e3:.1f} ms, "
-             f"difference {(total_o - total_f) / 1e3:+.1f} ms",
+    total_o, total_f = ours["(step total)"][0], floor["(step total)"][0]
+    lines = [f"CPU time per step (median): ours {total_o / 1e3:.1f} ms, floor {total_f / 1e3:.1f} ms, "
+             f"difference {(total_o - total_f) / 1e3:+.1f} ms ({total_o / total_f:.3f}x)",
              f"{'op':<44} {'ours ms':>8} {'calls':>6} {'floor ms':>9} {'calls':>6} {'diff ms':>8}"]
     for name in names[:top]:
         (o, oc), (f, fc) = ours.get(name, (0.0, 0)), floor.get(name, (0.0, 0))
@@ -98,6 +172,8 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=25, help="rows of the per-op table")
     parser.add_argument("--part", default=None, help="comma-separated blocks of the half (default: activation "
                                                      "ranking's top half)")
+    parser.add_argument("--what-if", type=int, default=0, metavar="ROUNDS",
+                        help="also measure ours with narrow-input stacking (see narrow_input_stacking), interleaved")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -124,11 +200,17 @@ def main(argv=None):
               + ", ".join(f"{r:.3f}" for r in row["ours_over_floor_per_round"]) + ")", flush=True)
     result = {"model": args.model, "batch": [args.batch_size, args.seq_len], "r": args.r, "threads": args.threads,
               "rounds": args.rounds, "rows": rows}
+    if args.what_if:
+        result["what_if"] = what_if(model, batch, settings, selections, args.what_if)
+        for row in result["what_if"]:
+            print(f"what-if, blocks {row['layers']}: floor {row['floor_step_ms']:.0f} ms, ours {row['ours_step_ms']:.0f} "
+                  f"ms ({row['ours/floor']:.3f}x), ours with narrow-input stacking {row['ours[narrow-stack]_step_ms']:.0f}"
+                  f" ms ({row['ours[narrow-stack]/floor']:.3f}x)", flush=True)
     if args.profile_steps:
         profiles = op_profiles(model, batch, settings, selections[0], args.profile_steps)
         ours, floor = profiles["ours"], profiles["floor"]
-        print(f"\nper-op profile, all {blocks} blocks, median of {args.profile_steps} alternating profiled steps "
-              "each (torch.profiler, self CPU time):")
+        print(f"\nper-op CPU time, all {blocks} blocks, median of {args.profile_steps} alternating steps each "
+              "(thread CPU time per ATen op, TorchDispatchMode):")
         print(format_profile(ours, floor, args.top))
         result["profile_us_per_step"] = {"ours": ours, "floor": floor}
     if args.json:
