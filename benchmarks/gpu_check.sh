@@ -73,15 +73,15 @@ RCS=()
 
 section headline "$T_HEADLINE" "^(device=|T=| {4}|skipped)" \
     python3 benchmarks/lora_linear_ratios.py --device "$DEVICE" --dtype bfloat16 --backends triton,torch \
-    --budget-s "$(budget "$T_HEADLINE")" --json "$OUT/headline.json" "${HEADLINE_ARGS[@]}"
+    --budget-s "$(budget "$T_HEADLINE")" --json "$OUT/headline.json" ${HEADLINE_ARGS[@]+"${HEADLINE_ARGS[@]}"}
 
 ACT_LORA_TRITON_AUTOTUNE=0 section correctness "$T_CHECK" "^FAIL" \
     python3 benchmarks/gpu_kernel_check.py --device "$DEVICE" --backends triton,torch \
-    --budget-s "$(budget "$T_CHECK")" "${CHECK_ARGS[@]}"
+    --budget-s "$(budget "$T_CHECK")" ${CHECK_ARGS[@]+"${CHECK_ARGS[@]}"}
 
 section e2e "$T_E2E" "^(bert|llama|  )" \
     python3 benchmarks/gpu_e2e.py --device "$DEVICE" --backends triton,torch --budget-s "$(budget "$T_E2E")" \
-    --json "$OUT/e2e.json" "${E2E_ARGS[@]}"
+    --json "$OUT/e2e.json" ${E2E_ARGS[@]+"${E2E_ARGS[@]}"}
 
 section backend_table "$T_TABLE" "^$^" \
     python3 benchmarks/backend_table.py --ratios "$OUT/headline.json" --out "$OUT/backend_table.json"

@@ -8,7 +8,7 @@ Tiny CPU tensors, one thread, so what is timed is the host code, not arithmetic:
   the torch ops it issues around the kernels (allocations, zero-fills, partial sums, copies); the cost of
   Triton's own launcher (argument binding, ~tens of µs per launch on a GPU host) is not included;
 - ``peft``: PEFT's lora.Linear, for reference.
-Interleaved round by round (median µs per forward + backward); then the ATen ops each contender issues per
+Interleaved round by round (median thread-CPU µs per forward + backward); then the ATen ops each contender issues per
 forward + backward, counted with a TorchDispatchMode (what a CUDA run would launch besides the kernels).
 
     python benchmarks/host_overhead.py                      # T=8, 64 -> 64, r=8
@@ -97,10 +97,10 @@ def measure(steps, rounds, iters):
     try:
         for _ in range(rounds):
             for name, step in steps.items():
-                start = time.perf_counter()
+                start = time.thread_time()  # CPU time: preemption by other processes does not count
                 for _ in range(iters):
                     step()
-                times[name].append(1e6 * (time.perf_counter() - start) / iters)
+                times[name].append(1e6 * (time.thread_time() - start) / iters)
     finally:
         gc.enable()
     return times
