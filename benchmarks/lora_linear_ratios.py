@@ -76,6 +76,9 @@ def roofline_ratios(shape, dtype, dropout):
     for backend in ("triton", "torch"):
         out[f"ours[{backend}]/floor"] = ratios[f"{backend}/floor"]
         out[f"peft/ours[{backend}]"] = ratios[f"peft/{backend}"]
+    # the planned designs, for context (not measured here)
+    out["planned triton_fused_dy/floor"] = ratios["triton_fused_dy/floor"]
+    out["planned hybrid/floor"] = ratios["hybrid/floor"]
     return out
 
 
@@ -121,6 +124,10 @@ def main(argv=None):
         for key, value in m["ratios"].items():
             beside = f"   (pred {pred[key]:.3f})" if key in pred else ""
             print(f"    {key:<28} {value:>7.3f}{beside}", flush=True)
+        planned = {k: v for k, v in pred.items() if k.startswith("planned ")}
+        if planned:
+            print("    roofline of the planned designs: " + ", ".join(f"{k[8:]} {v:.3f}" for k, v in planned.items()),
+                  flush=True)
         for name, err in m["errors"].items():
             failures += 1
             print(f"    {name} FAILED: {err}", flush=True)
