@@ -193,19 +193,20 @@ def main(argv=None):
           f"{args.threads} thread(s), CPU time, {args.rounds} rounds x {args.steps} step(s), torch {torch.__version__}")
     rows = ratios(model, batch, settings, selections, args.rounds) if args.rounds else []
     for row in rows:
-        print(f"blocks {row['layers']}: ours {row['ours_step_ms']:.0f} ms (fwd {row['ours_forward_ms']:.0f}, bwd "
-              f"{row['ours_backward_ms']:.0f}, opt {row['ours_optimizer_ms']:.0f}), floor {row['floor_step_ms']:.0f} ms "
-              f"(fwd {row['floor_forward_ms']:.0f}, bwd {row['floor_backward_ms']:.0f}, opt "
-              f"{row['floor_optimizer_ms']:.0f}); ours/floor {row['ours_over_floor']:.3f} (per round "
+        phases = {who: f"{row[who + '_step_ms']:.0f} ms (fwd {row[who + '_forward_ms']:.0f}, bwd "
+                       f"{row[who + '_backward_ms']:.0f}, opt {row[who + '_optimizer_ms']:.0f})"
+                  for who in ("ours", "floor")}
+        print(f"blocks {row['layers']}: ours {phases['ours']}, floor {phases['floor']}; ours/floor "
+              f"{row['ours_over_floor']:.3f} (per round "
               + ", ".join(f"{r:.3f}" for r in row["ours_over_floor_per_round"]) + ")", flush=True)
     result = {"model": args.model, "batch": [args.batch_size, args.seq_len], "r": args.r, "threads": args.threads,
               "rounds": args.rounds, "rows": rows}
     if args.what_if:
         result["what_if"] = what_if(model, batch, settings, selections, args.what_if)
         for row in result["what_if"]:
-            print(f"what-if, blocks {row['layers']}: floor {row['floor_step_ms']:.0f} ms, ours {row['ours_step_ms']:.0f} "
-                  f"ms ({row['ours/floor']:.3f}x), ours with narrow-input stacking {row['ours[narrow-stack]_step_ms']:.0f}"
-                  f" ms ({row['ours[narrow-stack]/floor']:.3f}x)", flush=True)
+            print(f"what-if, blocks {row['layers']}: floor {row['floor_step_ms']:.0f} ms, ours "
+                  f"{row['ours_step_ms']:.0f} ms ({row['ours/floor']:.3f}x), ours with narrow-input stacking "
+                  f"{row['ours[narrow-stack]_step_ms']:.0f} ms ({row['ours[narrow-stack]/floor']:.3f}x)", flush=True)
     if args.profile_steps:
         profiles = op_profiles(model, batch, settings, selections[0], args.profile_steps)
         ours, floor = profiles["ours"], profiles["floor"]
