@@ -23,12 +23,13 @@ from roofline import parse_shape, predict
 
 
 def timed(fn, device, inner):
-    if device == "cuda":
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(inner):
         fn()
-    if device == "cuda":
+    if on_cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / inner
 
