@@ -3,7 +3,7 @@
 MiniLM-L6 (bundled), batch 16 × 128, r = 8, every linear of the blocks (q, k, v and the three ``dense``),
 AdamW, one thread, CPU time of the process. Two selections: all six blocks and the activation-selected half.
 For each, "ours" (`apply_act_lora`) and the floor at the same backward depth (same frozen model, no LoRA,
-backward forced down to the lowest selected block; `act_lora_fast.scaling.build_variant`'s ``floor``)
+backward forced down to the lowest selected block; `act_lora_fast.measure.harness.build_variant`'s ``floor``)
 are measured interleaved (ratios = medians over rounds). Then steps of ours and of the floor on all six
 blocks are timed op by op (thread CPU time of every ATen op through a TorchDispatchMode; alternating, one
 step at a time, medians) and printed side by side, largest difference first: the overhead's breakdown.
@@ -23,8 +23,10 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from act_lora_fast.scaling import (FLOOR, BenchSettings, Variant, activation_ranking, build_variant,
-                                   load_base_model, measure_training_steps, measure_variants, synthetic_batch)
+from act_lora_fast.measure.harness import (FLOOR, BenchSettings, Variant, build_variant, measure_training_steps,
+                                          measure_variants, synthetic_batch)
+from act_lora_fast.measure.scaling import activation_ranking
+from act_lora_fast.model.hf import load_classifier
 
 
 def ratios(model, batch, settings, selections, rounds):
@@ -178,7 +180,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    model, tokenizer = load_base_model(args.model)
+    model, tokenizer = load_classifier(args.model, require_tokenizer=False)
     batch = synthetic_batch(model, args.batch_size, args.seq_len)
     settings = BenchSettings(r=args.r, alpha=2 * args.r, target_modules="all-linear", steps=args.steps,
                              warmup_steps=1, clock="process")

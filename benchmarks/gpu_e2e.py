@@ -6,8 +6,8 @@ Base weights in bf16 and frozen; LoRA r = 16 on every linear of every block; the
 AdamW. Ours takes the base dtype for its adapters. PEFT runs twice: ``peft`` with its defaults (adapters
 upcast to fp32 by ``autocast_adapter_dtype``, so each LoRA layer also casts x to fp32), ``peft[bf16]`` with
 its adapters cast to bf16 like ours. The floor: no adapters, backward forced through every block
-(`act_lora_fast.scaling.build_variant`). Contenders are interleaved round by round, each on a fresh copy of
-the model (`act_lora_fast.scaling.measure_training_steps`, wall clock with CUDA syncs, median over rounds).
+(`act_lora_fast.measure.harness.build_variant`). Contenders are interleaved round by round, each on a fresh copy of
+the model (`act_lora_fast.measure.harness.measure_training_steps`, wall clock with CUDA syncs, median over rounds).
 Prints ``SUMMARY e2e ...``; ``--budget-s`` skips what would start after the budget is spent.
 
     python benchmarks/gpu_e2e.py                                   # both models, triton + torch backends
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from act_lora_fast.scaling import FLOOR, BenchSettings, Variant, build_variant, measure_training_steps, synthetic_batch
+from act_lora_fast.measure.harness import FLOOR, BenchSettings, Variant, build_variant, measure_training_steps, synthetic_batch
 
 MODELS = ("bert-large-random", "llama-1b-random")
 BATCH = {"bert-large-random": (32, 256), "llama-1b-random": (4, 2048)}
