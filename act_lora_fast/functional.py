@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from .kernels.reference import lora_linear_reference, row_sq_norms_reference
+from .kernels.reference import UpdateTap, lora_linear_reference, row_sq_norms_reference
 from .kernels.torch_fused import TorchFusedLoRA, TorchProbeLinear, dropout_keep_mask, fused_forward
 
 BACKENDS = ("auto", "triton", "torch", "reference")
@@ -64,7 +64,7 @@ def new_dropout_seed():
 def dropout_mask(shape, p, seed, device, dtype=torch.float32, backend="torch"):
     """The keep mask (0 or 1/(1-p)) that `backend` uses for `seed`; for tests and debugging."""
     if backend == "triton":
-        from .kernels.triton_forward import dropout_mask as triton_dropout_mask
+        from .kernels.triton.forward import dropout_mask as triton_dropout_mask
 
         return triton_dropout_mask(shape, p, seed, device).to(dtype)
     return dropout_keep_mask(shape, p, seed, device, dtype)
@@ -111,18 +111,36 @@ def check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p=0.0):
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
 
 
+def _check_update_args(x, update_sink, token_mask):
+    if update_sink is not None:
+        if not (isinstance(update_sink, torch.Tensor) and update_sink.dtype == torch.float64
+                and tuple(update_sink.shape) == (2,) and update_sink.device == x.device):
+            raise ValueError(f"update_sink must be a float64 tensor of shape (2,) on {x.device}")
+    if token_mask is not None:
+        if not isinstance(token_mask, torch.Tensor) or token_mask.dtype != torch.bool:
+            raise TypeError("token_mask must be a bool tensor (True = count the token)")
+        if tuple(token_mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"token_mask has shape {_shape(token_mask)}, but the input's token dims are "
+                             f"{tuple(x.shape[:-1])}")
+
+
 def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, backend="auto",
-                compute_rowsq=False):
+                compute_rowsq=False, update_sink=None, token_mask=None):
     """y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ for x of shape (..., in); returns (y, rowsq).
 
     ``rowsq`` holds Σx² per token (shape x.shape[:-1], fp32) when `compute_rowsq`, else None.
     ``lora_A=None`` is the probe mode: the frozen linear plus the norm reduction only.
+    ``update_sink``: a float64 tensor of shape (2,) with ``requires_grad=True`` (or None). The backward gives
+    it, as its gradient, [Σ_t ‖x_t‖·‖dy_t‖, token count] over the tokens that `token_mask` (bool, shape
+    x.shape[:-1]; None = all) keeps: the "update" score, reduced by the fused backward from the dy it reads.
     All tensors must already share one dtype and device (the module casts under autocast); bad shapes, dtypes
     or devices raise a TypeError / ValueError naming the problem, whatever the backend.
     """
     check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p)
+    _check_update_args(x, update_sink, token_mask)
     lead_shape = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    flat_mask = token_mask.reshape(-1) if token_mask is not None and token_mask.dim() != 1 else token_mask
     backend = resolve_backend(backend, x.device)
     probe = lora_A is None
 
@@ -131,20 +149,23 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
         if not probe and dropout_p > 0.0:
             keep = dropout_keep_mask(x2d.shape, dropout_p, seed, x.device, x.dtype)
         y = lora_linear_reference(x2d, weight, bias, lora_A, lora_B, scaling, keep)
+        if update_sink is not None:
+            y = UpdateTap.apply(y, x2d, update_sink, flat_mask)
         rowsq = row_sq_norms_reference(x2d).float() if compute_rowsq else None
     elif backend == "triton":
-        from .kernels.triton_autograd import triton_lora_linear, triton_probe_linear
+        from .kernels.triton.autograd import triton_lora_linear, triton_probe_linear
 
         if probe:
-            y, rowsq = triton_probe_linear(x2d, weight, bias)
+            y, rowsq = triton_probe_linear(x2d, weight, bias, update_sink=update_sink, token_mask=flat_mask)
         else:
-            y, rowsq = triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                          compute_rowsq)
+            y, rowsq = triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=dropout_p,
+                                          seed=seed, compute_rowsq=compute_rowsq, update_sink=update_sink,
+                                          token_mask=flat_mask)
     elif probe:
-        y, rowsq = TorchProbeLinear.apply(x2d, weight, bias)
+        y, rowsq = TorchProbeLinear.apply(x2d, weight, bias, update_sink, flat_mask)
     elif torch.is_grad_enabled():
         y, rowsq = TorchFusedLoRA.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                        compute_rowsq)
+                                        compute_rowsq, update_sink, flat_mask)
     else:  # no_grad / inference_mode: the same forward without autograd's bookkeeping
         y, rowsq, _, _ = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq)
 

@@ -1,4 +1,5 @@
-"""Small helpers shared by the Triton LoRA kernels (device checks, block sizes, dot helpers)."""
+"""What the Triton LoRA kernels share: device checks, tile configs and their tuner, dot and dropout helpers."""
+import contextlib
 import functools
 import os
 
@@ -6,12 +7,15 @@ import torch
 import triton
 import triton.language as tl
 
+AUTOTUNE_ENV_VAR = "ACT_LORA_TRITON_AUTOTUNE"  # "0": every GEMM runs its first (default) config, no benchmark
+
 _INTERPRET_ERROR = (
     "backend='triton' needs CUDA tensors or TRITON_INTERPRET=1 (set before act_lora_fast / triton kernels "
     "are imported) to run on CPU tensors through the Triton interpreter"
 )
 
 
+# ---------------------------------------------------------------------------------------------- devices
 def interpret_env() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -61,11 +65,23 @@ def check_triton_device(*tensors, kernel=None) -> None:
                                "triton>=3.7 to run the kernels on CPU tensors, or use backend='torch'")
 
 
+def device_guard(t: torch.Tensor):
+    """Launch on the tensors' GPU, not on whichever one is current."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def use_interpreter_path(t: torch.Tensor) -> bool:
     """Fixed small configs + fp32 dots: CPU tensors only ever run under the interpreter."""
     return t.device.type != "cuda" or interpret_env()
 
 
+def num_sms(device) -> int:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # interpreter: few large programs run fastest
+
+
+# ---------------------------------------------------------------------------------------------- tiles
 def skinny_launch(t: torch.Tensor, BR: int) -> dict:
     """num_warps/num_stages for the rank-r (skinny) kernels; wide ranks get more warps so the
     (rows x BLOCK_R) fp32 accumulator plus the Philox state of a dropout tile stay in registers."""
@@ -79,6 +95,79 @@ def block_r(r: int) -> int:
     return max(16, triton.next_power_of_2(int(r)))
 
 
+def gemm_block_r(R: int, f32: bool) -> int:
+    """Rank chunk of the GEMM epilogues (>= 16 for the MMA; small for FMA-based fp32 dots)."""
+    return min(block_r(R), 32 if f32 else 64)
+
+
+def rows_block(T: int, device) -> int:
+    """Row tile of the memory-bound passes over x or dy: keep >= ~2 waves of programs on the GPU."""
+    if torch.device(device).type != "cuda":
+        return 64
+    for bm in (64, 32):
+        if triton.cdiv(T, bm) >= 2 * num_sms(device):
+            return bm
+    return 16
+
+
+# H200 (sm_90) GEMM tiles. 16-bit inputs run on wgmma tensor cores; fp32 inputs use IEEE dots (FMA
+# pipes, no TF32) where big tiles only spill and take minutes in ptxas, so they get their own set.
+# The first config of each list is the default that ACT_LORA_TRITON_AUTOTUNE=0 pins.
+GEMM_CONFIGS_16 = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
+]
+GEMM_CONFIGS_32 = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
+]
+# Interpreter: fixed, moderately large tiles (few python-level block ops -> fast tests).
+INTERP_GEMM = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4})
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get(AUTOTUNE_ENV_VAR, "1") != "0"
+
+
+def m_bucket(m: int) -> int:
+    """Token counts share a tuning entry per power of two: a new sequence length does not re-benchmark."""
+    return triton.next_power_of_2(max(int(m), 1))
+
+
+class ConfigTuner:
+    """The best GEMM config per key, benchmarked once on the first launch with that key.
+
+    Each kernel has its own tuner, key and `prune(configs, **flags)`; the key holds the M bucket, never M.
+    With ACT_LORA_TRITON_AUTOTUNE=0 the first surviving config runs unbenchmarked (fast, reproducible checks).
+    """
+
+    def __init__(self, configs, prune):
+        self.configs, self.prune, self.cache = configs, prune, {}
+
+    def pick(self, key, launch, **flags) -> triton.Config:
+        tuned = autotune_enabled()
+        config = self.cache.get((tuned, key))
+        if config is None:
+            candidates = self.prune(self.configs, **flags)
+            if tuned and len(candidates) > 1:
+                timings = {c: triton.testing.do_bench(functools.partial(launch, c), warmup=10, rep=40)
+                           for c in candidates}
+                config = min(timings, key=timings.get)
+            else:
+                config = candidates[0]
+            self.cache[(tuned, key)] = config
+        return config
+
+
+def launch_options(config: triton.Config) -> dict:
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+# ---------------------------------------------------------------------------------------------- dots
 # Tests flip this to run the GPU's 16-bit dot path under the interpreter (fine for fp16, not bf16).
 INTERPRETER_F32_DOTS = True
 
@@ -87,12 +176,6 @@ def f32_dot(t: torch.Tensor) -> bool:
     # The interpreter computes bf16 dots/arithmetic wrongly -> run everything in fp32 there;
     # on the GPU fp32 inputs must also use IEEE dots to meet the 1e-4 accuracy target.
     return t.dtype == torch.float32 or (INTERPRETER_F32_DOTS and use_interpreter_path(t))
-
-
-def num_sms(device) -> int:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # interpreter: few large programs run fastest
 
 
 @triton.jit

@@ -1,37 +1,22 @@
 """Triton LoRA kernels vs the float64 textbook reference (CPU through TRITON_INTERPRET=1, or CUDA)."""
 import os
 
+import pytest
 import torch
 
-# The interpreter is chosen when the kernels are decorated, i.e. at act_lora_fast import: set it first.
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-
-from act_lora_fast.kernels import triton_autograd as TA  # noqa: E402
-from act_lora_fast.kernels._triton_utils import check_triton_device, interpreter_works_with_numpy  # noqa: E402
-from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference  # noqa: E402
-from act_lora_fast.kernels.triton_backward import lora_backward, lora_backward_reference  # noqa: E402
-from act_lora_fast.kernels.triton_forward import dropout_mask, lora_forward, lora_forward_reference  # noqa: E402
+from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference, update_sums_reference
+from act_lora_fast.kernels.triton import autograd as TA
+from act_lora_fast.kernels.triton import utils
+from act_lora_fast.kernels.triton.backward import lora_backward
+from act_lora_fast.kernels.triton.forward import dropout_mask, lora_forward
+from act_lora_fast.kernels.triton.utils import check_triton_device, interpreter_works_with_numpy, triton_available
+from tests.numerics import KERNEL_DTYPES, KERNEL_RTOL, NORM_RTOL, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# Bounds on max|out - ref| / max|ref| against float64.
-FP32_RTOL = 1e-4
-FP16_RTOL = 2e-2
-BF16_RTOL = 3e-2
-DTYPES = [
-    pytest.param(torch.float32, FP32_RTOL, id="fp32"),
-    pytest.param(torch.float16, FP16_RTOL, id="fp16"),
-    pytest.param(torch.bfloat16, BF16_RTOL, id="bf16"),
-]
+FP32_RTOL, FP16_RTOL, BF16_RTOL = (KERNEL_RTOL[d] for d in (torch.float32, torch.float16, torch.bfloat16))
+DTYPES = KERNEL_DTYPES
 SCALING = 0.75
-
-
-def rel_err(out, ref):
-    out, ref = out.double().cpu(), ref.double().cpu()
-    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
 def make_inputs(T, K, N, r, dtype, bias, seed=0, origin_3d=None):
@@ -68,7 +53,7 @@ def run_autograd(x, W, b, A, B, dy, s, p=0.0, seed=0, compute_rowsq=True):
     x = x.detach().requires_grad_(True)
     A = A.detach().requires_grad_(True)
     B = B.detach().requires_grad_(True)
-    y, rowsq = TA.triton_lora_linear(x, W, b, A, B, s, p, seed, compute_rowsq)
+    y, rowsq = TA.triton_lora_linear(x, W, b, A, B, s, dropout_p=p, seed=seed, compute_rowsq=compute_rowsq)
     y.backward(dy)
     return y.detach(), rowsq, (x.grad, A.grad, B.grad)
 
@@ -108,9 +93,7 @@ def test_lora_forward_backward(T, K, N, r, origin, bias, dtype, rtol):
 def test_native_16bit_dot_path_fp16(monkeypatch):
     """Run the GPU's 16-bit-operand dot path (casts of fp32 xa/dyB to the input dtype) in the
     interpreter; only fp16 -- the interpreter's bf16 dots are wrong."""
-    from act_lora_fast.kernels import _triton_utils
-
-    monkeypatch.setattr(_triton_utils, "INTERPRETER_F32_DOTS", False)
+    monkeypatch.setattr(utils, "INTERPRETER_F32_DOTS", False)
     T, K, N, r, p, seed = 70, 96, 80, 8, 0.25, 21
     x, W, b, A, B, dy = make_inputs(T, K, N, r, torch.float16, True, seed=3)
     mask = dropout_mask((T, K), p, seed, DEVICE)
@@ -165,12 +148,13 @@ def test_dropout_mask_properties():
 
 def test_p_zero_is_no_dropout():
     x, W, b, A, B, dy = make_inputs(40, 64, 48, 4, torch.float32, True, seed=9)
-    y0, xa0, rs0 = lora_forward(x, W, b, A, B, SCALING)
-    y1, xa1, rs1 = lora_forward(x, W, b, A, B, SCALING, dropout_p=0.0, seed=999)
-    assert torch.equal(y0, y1) and torch.equal(xa0, xa1) and torch.equal(rs0, rs1)
-    g0 = lora_backward(dy, x, W, A, B, xa0, SCALING, 0.0, 0, True, True, True)
-    g1 = lora_backward(dy, x, W, A, B, xa0, SCALING, 0.0, 999, True, True, True)
-    assert all(torch.equal(u, v) for u, v in zip(g0, g1))
+    fwd0 = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING)
+    fwd1 = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING, dropout_p=0.0, seed=999)
+    assert all(torch.equal(u, v) for u, v in zip(fwd0, fwd1))
+    common = dict(weight=W, x=x, lora_A=A, lora_B=B, xa=fwd0.xa, scaling=SCALING, needs_dA=True, needs_dB=True)
+    g0 = lora_backward(dy, **common, dropout_p=0.0, seed=0)
+    g1 = lora_backward(dy, **common, dropout_p=0.0, seed=999)
+    assert all(torch.equal(u, v) for u, v in zip(g0[:3], g1[:3]))
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -187,7 +171,7 @@ def test_probe_mode(bias, dtype, rtol):
     assert rel_err(rowsq, rowsq_r) < FP32_RTOL
     assert rel_err(xg.grad, dx_r) < rtol
     # lora_forward without adapters is the same probe path.
-    y2, xa2, rs2 = lora_forward(x, W, b, None, None, SCALING, compute_rowsq=False)
+    y2, xa2, rs2 = lora_forward(x, weight=W, bias=b, compute_rowsq=False)
     assert xa2 is None and rs2 is None and torch.equal(y2, y.detach())
 
 
@@ -196,7 +180,7 @@ def test_autograd_respects_needs_input_grad():
     _, _, (dx_r, dA_r, dB_r) = reference(x, W, b, A, B, dy, SCALING)
     # Only B trains, x is a leaf without grad: no dx, no dA, x not needed.
     Bg = B.detach().requires_grad_(True)
-    y, rowsq = TA.triton_lora_linear(x, W, b, A, Bg, SCALING, 0.0, 0, False)
+    y, rowsq = TA.triton_lora_linear(x, W, b, A, Bg, SCALING, compute_rowsq=False)
     assert rowsq.numel() == 0 and not rowsq.requires_grad
     y.backward(dy)
     assert rel_err(Bg.grad, dB_r) < FP32_RTOL
@@ -212,26 +196,16 @@ def test_autograd_respects_needs_input_grad():
     assert rel_err(xg.grad, dx_sum) < FP32_RTOL
 
 
-def test_kernel_module_references_match_reference():
-    x, W, b, A, B, dy = make_inputs(20, 24, 28, 4, torch.float32, True, seed=13)
-    mask = (torch.rand(20, 24, generator=torch.Generator().manual_seed(0)) > 0.3).float() / 0.7
-    y_r, rowsq_r, grads_r = reference(x, W, b, A, B, dy, SCALING, mask=mask)
-    y, _, rowsq = lora_forward_reference(x, W, b, A, B, SCALING, mask=mask)
-    grads = lora_backward_reference(dy, x, W, A, B, SCALING, mask=mask)
-    assert rel_err(y, y_r) < 1e-12 and rel_err(rowsq, rowsq_r) < 1e-12
-    assert all(rel_err(g, g_r) < 1e-12 for g, g_r in zip(grads, grads_r))
-
-
 def test_cpu_without_interpreter_raises(monkeypatch):
     x = torch.randn(4, 8)
     W = torch.randn(6, 8)
-    assert TA.triton_available("cpu") == (os.environ.get("TRITON_INTERPRET") == "1")
+    assert triton_available("cpu") == (os.environ.get("TRITON_INTERPRET") == "1")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert not TA.triton_available("cpu")
+    assert not triton_available("cpu")
     with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors or TRITON_INTERPRET=1"):
         check_triton_device(x, W)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        lora_forward(x, W, None, None, None, 1.0)
+        lora_forward(x, weight=W)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         TA.triton_probe_linear(x, W)
 
@@ -246,8 +220,6 @@ def test_interpreter_numpy_compatibility_rule():
 
 
 def test_old_interpreter_with_numpy_2_is_a_clear_error(monkeypatch):
-    import act_lora_fast.kernels._triton_utils as utils
-
     monkeypatch.setattr(utils, "interpreter_works_with_numpy", lambda: False)
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="install triton>=3.7"):
