@@ -128,7 +128,8 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
                 compute_rowsq=False, update_sink=None, token_mask=None):
     """y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ for x of shape (..., in); returns (y, rowsq).
 
-    ``rowsq`` holds Σx² per token (shape x.shape[:-1], fp32) when `compute_rowsq`, else None.
+    ``rowsq`` holds Σx² per token (shape x.shape[:-1], fp32; float64 for float64 x on the torch backend) when
+    `compute_rowsq`, else None.
     ``lora_A=None`` is the probe mode: the frozen linear plus the norm reduction only.
     ``update_sink``: a float64 tensor of shape (2,) with ``requires_grad=True`` (or None). The backward gives
     it, as its gradient, [Σ_t ‖x_t‖·‖dy_t‖, token count] over the tokens that `token_mask` (bool, shape

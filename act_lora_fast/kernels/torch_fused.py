@@ -66,8 +66,9 @@ def dropout_keep_mask(shape, p, seed, device, dtype):
 
 
 def row_sq_norms(x2d):
-    """Σx² per row, accumulated in fp32 whatever x's dtype (one read of x)."""
-    return torch.linalg.vector_norm(x2d, ord=2, dim=1, dtype=torch.float32).square_()
+    """Σx² per row, accumulated in fp32 (float64 for float64 x) whatever x's dtype (one read of x)."""
+    dtype = torch.float64 if x2d.dtype == torch.float64 else torch.float32
+    return torch.linalg.vector_norm(x2d, ord=2, dim=1, dtype=dtype).square_()
 
 
 def update_sums(x_rowsq, dy_rowsq, token_mask=None):

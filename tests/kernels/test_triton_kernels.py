@@ -224,3 +224,56 @@ def test_old_interpreter_with_numpy_2_is_a_clear_error(monkeypatch):
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="install triton>=3.7"):
         check_triton_device(x)
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["lora", "probe"])
+def test_trainable_base_weight_and_bias_match_float64(probe):
+    x, W, b, A, B, dy = make_inputs(70, 96, 80, 0 if probe else 8, torch.float32, True, seed=12)
+    Wg, bg = W.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    if probe:
+        y, _ = TA.triton_probe_linear(x, Wg, bg)
+    else:
+        y, _ = TA.triton_lora_linear(x, Wg, bg, A, B, SCALING, dropout_p=0.2, seed=5)
+    y.backward(dy)
+    assert rel_err(Wg.grad, dy.double().cpu().t() @ x.double().cpu()) < FP32_RTOL
+    assert rel_err(bg.grad, dy.double().cpu().sum(0)) < FP32_RTOL
+
+
+@pytest.mark.parametrize("needs", ["all", "B-only", "probe-dx", "probe-no-dx"])
+@pytest.mark.parametrize("dtype, rtol", [DTYPES[0], DTYPES[2]])
+def test_update_sums_reduced_in_the_backward_match_float64(needs, dtype, rtol):
+    """Σ_t w_t·‖x_t‖·‖dy_t‖ from the forward's Σx² and the Σdy² of the backward's row pass (dy·B kernel, or
+    the dx GEMM in probe mode, or a row pass of its own when nothing else reads whole rows of dy)."""
+    probe = needs.startswith("probe")
+    T, K, N = 3 * 41, 100, 130  # several column blocks: only pid_n == 0 may write the dx GEMM's row sums
+    x, W, b, A, B, dy = make_inputs(T, K, N, 0 if probe else 8, dtype, True, seed=14)
+    mask = (torch.rand(T, generator=torch.Generator().manual_seed(2)) > 0.3).to(DEVICE)
+    sink = torch.zeros(2, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    xg = x.detach().requires_grad_(needs in ("all", "probe-dx"))
+    if probe:
+        y, _ = TA.triton_probe_linear(xg, W, b, update_sink=sink, token_mask=mask)
+    else:
+        y, _ = TA.triton_lora_linear(xg, W, b, A.requires_grad_(needs == "all"), B.requires_grad_(), SCALING,
+                                     compute_rowsq=False, update_sink=sink, token_mask=mask)
+    y.backward(dy)
+    assert rel_err(sink.grad, update_sums_reference(x, dy, mask)) < NORM_RTOL
+    assert sink.grad[1].item() == mask.sum().item()
+
+
+def test_backward_returns_dy_row_norms_with_every_grad_subset():
+    x, W, b, A, B, dy = make_inputs(50, 40, 70, 4, torch.float32, True, seed=15)
+    fwd = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING)
+    want = dy.double().cpu().square().sum(1)
+    for needs_dx, needs_dA, needs_dB in [(True, True, True), (False, False, True), (False, True, False)]:
+        grads = lora_backward(dy, weight=W, x=x, lora_A=A, lora_B=B, xa=fwd.xa, scaling=SCALING, needs_dx=needs_dx,
+                              needs_dA=needs_dA, needs_dB=needs_dB, compute_dy_rowsq=True)
+        assert rel_err(grads.dy_rowsq, want) < FP32_RTOL
+        assert (grads.dx is None) != needs_dx and (grads.dA is None) != needs_dA and (grads.dB is None) != needs_dB
+
+
+def test_non_contiguous_bias_is_read_through_its_stride():
+    x, W, b, A, B, dy = make_inputs(40, 64, 48, 4, torch.float32, True, seed=16)
+    strided = torch.stack([b, -b], dim=1).reshape(-1)[::2]  # same values, stride 2
+    assert not strided.is_contiguous() and torch.equal(strided, b)
+    y, _ = TA.triton_lora_linear(x, W, strided, A, B, SCALING)
+    assert rel_err(y, reference(x, W, b, A, B, dy, SCALING)[0]) < FP32_RTOL
