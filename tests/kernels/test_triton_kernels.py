@@ -277,3 +277,42 @@ def test_non_contiguous_bias_is_read_through_its_stride():
     assert not strided.is_contiguous() and torch.equal(strided, b)
     y, _ = TA.triton_lora_linear(x, W, strided, A, B, SCALING)
     assert rel_err(y, reference(x, W, b, A, B, dy, SCALING)[0]) < FP32_RTOL
+
+
+def test_tuner_benchmarks_once_per_m_bucket_and_pins_with_the_env_var(monkeypatch):
+    """Token counts in one power-of-two bucket share a tuned config; ACT_LORA_TRITON_AUTOTUNE=0 runs the
+    first config the kernel's own prune keeps, without benchmarking."""
+    configs = utils.GEMM_CONFIGS_16 + utils.GEMM_CONFIGS_32
+    timings = {c: float(i) for i, c in enumerate(reversed(configs))}  # the last config is the fastest
+    benched = []
+
+    def fake_bench(fn, **_):
+        benched.append(fn.args[0])
+        return timings[fn.args[0]]
+
+    monkeypatch.setattr(utils.triton.testing, "do_bench", fake_bench)
+    tuner = utils.ConfigTuner(configs, lambda cs, *, F32_DOT: [c for c in cs if (c in utils.GEMM_CONFIGS_32) == F32_DOT])
+    launch = lambda config: None  # noqa: E731
+    monkeypatch.delenv(utils.AUTOTUNE_ENV_VAR, raising=False)
+    for tokens in (3000, 4096, 2049):
+        picked = tuner.pick((utils.m_bucket(tokens), 512), launch, F32_DOT=False)
+    assert utils.m_bucket(3000) == utils.m_bucket(2049) == 4096
+    assert picked == utils.GEMM_CONFIGS_16[-1] and sorted(map(id, benched)) == sorted(map(id, utils.GEMM_CONFIGS_16))
+    tuner.pick((utils.m_bucket(5000), 512), launch, F32_DOT=False)
+    assert len(benched) == 2 * len(utils.GEMM_CONFIGS_16)  # a new bucket tunes again
+    monkeypatch.setenv(utils.AUTOTUNE_ENV_VAR, "0")
+    assert tuner.pick((utils.m_bucket(3000), 512), launch, F32_DOT=False) == utils.GEMM_CONFIGS_16[0]
+    assert tuner.pick((utils.m_bucket(3000), 512), launch, F32_DOT=True) == utils.GEMM_CONFIGS_32[0]
+    assert len(benched) == 2 * len(utils.GEMM_CONFIGS_16)
+
+
+def test_each_gemm_prunes_its_own_configs():
+    from act_lora_fast.kernels.triton.backward import prune_dx_configs
+    from act_lora_fast.kernels.triton.forward import prune_forward_configs
+
+    everything = utils.GEMM_CONFIGS_16 + utils.GEMM_CONFIGS_32
+    assert prune_forward_configs(everything, F32_DOT=False) == utils.GEMM_CONFIGS_16  # never drops: all tiles
+    assert prune_forward_configs(everything, F32_DOT=True) == utils.GEMM_CONFIGS_32
+    with_dropout = prune_dx_configs(everything, F32_DOT=False, HAS_DROPOUT=True)
+    assert with_dropout and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 2048 * c.num_warps for c in with_dropout)
+    assert prune_dx_configs(everything, F32_DOT=False, HAS_DROPOUT=False) == utils.GEMM_CONFIGS_16

@@ -150,7 +150,8 @@ class ConfigTuner:
 
     def pick(self, key, launch, **flags) -> triton.Config:
         tuned = autotune_enabled()
-        config = self.cache.get((tuned, key))
+        key = (tuned, key, *flags.values())  # what the prune reads is part of the key
+        config = self.cache.get(key)
         if config is None:
             candidates = self.prune(self.configs, **flags)
             if tuned and len(candidates) > 1:
@@ -159,7 +160,7 @@ class ConfigTuner:
                 config = min(timings, key=timings.get)
             else:
                 config = candidates[0]
-            self.cache[(tuned, key)] = config
+            self.cache[key] = config
         return config
 
 
