@@ -48,17 +48,17 @@ for dt, f32, cfgs, brs in plan:
             guard(F._shrink_rowsq_kernel, dict(x_ptr="DT", a_ptr="DT", xa_ptr="fp32", rowsq_ptr="fp32"), {"p", "drop_scale"},
                   dict(COMPUTE_ROWSQ=True, HAS_DROPOUT=drop, F32_DOT=f32, BLOCK_M=16, BLOCK_K=64, BLOCK_R=BR), dt)
             guard(Bk._lora_dA_kernel, dict(dyb_ptr="fp32", x_ptr="DT", part_ptr="fp32"), {"p", "drop_scale", "scaling"},
-                  dict(HAS_DROPOUT=drop, F32_DOT=f32, BLOCK_M=32 if f32 else 64, BLOCK_K=64, BLOCK_R=BR), dt)
+                  dict(HAS_DROPOUT=drop, F32_DOT=f32, BLOCK_M=32 if f32 else 64, BLOCK_K=32 if f32 and BR >= 128 else 64, BLOCK_R=BR), dt)
         guard(Bk._dy_rows_kernel, dict(dy_ptr="DT", b_ptr="DT", dyb_ptr="fp32", dy_rowsq_ptr="fp32"), set(),
               dict(HAS_DYB=True, DY_ROWSQ=True, F32_DOT=f32, BLOCK_M=16, BLOCK_N=64, BLOCK_R=BR), dt)
         guard(Bk._lora_dB_kernel, dict(dy_ptr="DT", xa_ptr="fp32", part_ptr="fp32"), {"scaling"}, dict(F32_DOT=f32, BLOCK_M=64, BLOCK_N=64, BLOCK_R=BR), dt)
-        for cfg in F.prune_forward_configs(cfgs, F32_DOT=f32):
+        for cfg in F.prune_forward_configs(cfgs, F32_DOT=f32, BLOCK_R=U.gemm_block_r(BR, f32)):
             for has_lora, rowsq in ((True, False), (False, True)):
                 flags = dict(HAS_LORA=has_lora, HAS_BIAS=True, ROWSQ=rowsq, F32_DOT=f32, BLOCK_R=U.gemm_block_r(BR, f32), **cfg.kwargs)
                 guard(F._lora_fwd_kernel, dict(x_ptr="DT", w_ptr="DT", bias_ptr="DT", xa_ptr="fp32", b_ptr="DT", y_ptr="DT", rowsq_ptr="fp32"),
                       {"scaling"}, flags, dt, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         for drop in (False, True):
-            for cfg in Bk.prune_dx_configs(cfgs, F32_DOT=f32, HAS_DROPOUT=drop):
+            for cfg in Bk.prune_dx_configs(cfgs, F32_DOT=f32, HAS_DROPOUT=drop, BLOCK_R=U.gemm_block_r(BR, f32)):
                 for has_lora, rowsq in ((True, False), (False, True)):
                     if drop and not has_lora: continue
                     flags = dict(HAS_LORA=has_lora, HAS_DROPOUT=drop, DY_ROWSQ=rowsq, F32_DOT=f32, BLOCK_R=U.gemm_block_r(BR, f32), **cfg.kwargs)

@@ -10,7 +10,6 @@ import torch
 from ..torch_fused import base_grads, update_sums
 from .backward import lora_backward
 from .forward import lora_forward
-from .utils import check_triton_device
 
 
 def _rowsq_out(rowsq, x2d):
@@ -70,13 +69,11 @@ class TritonProbeFunction(torch.autograd.Function):
 
 def triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, compute_rowsq=True,
                        update_sink=None, token_mask=None):
-    """Returns (y, rowsq); rowsq is an empty tensor when compute_rowsq is False."""
-    check_triton_device(x2d, weight, bias, lora_A, lora_B)
+    """Returns (y, rowsq); rowsq is an empty tensor when compute_rowsq is False (lora_forward checks devices)."""
     return TritonLoRAFunction.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
                                     update_sink, token_mask)
 
 
 def triton_probe_linear(x2d, weight, bias=None, *, update_sink=None, token_mask=None):
     """Returns (y, rowsq) for y = x @ W^T + b with rowsq = sum_k x^2 computed in the same GEMM."""
-    check_triton_device(x2d, weight, bias)
     return TritonProbeFunction.apply(x2d, weight, bias, update_sink, token_mask)

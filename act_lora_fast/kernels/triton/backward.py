@@ -19,6 +19,7 @@ from .utils import (
     INTERP_GEMM,
     ConfigTuner,
     block_r,
+    cdiv,
     check_triton_device,
     device_guard,
     f32_dot,
@@ -135,11 +136,15 @@ def _lora_dx_kernel(
             tl.store(dy_rowsq_ptr + offs_m, rsq, mask=m_mask)
 
 
-def prune_dx_configs(configs, *, F32_DOT, HAS_DROPOUT):
+def prune_dx_configs(configs, *, F32_DOT, HAS_DROPOUT, BLOCK_R):
+    """Tiles that compile without spills on sm_90 (benchmarks/triton_sm90_compile_check.py): with dropout or
+    a rank chunk of 64, at most 64 accumulator elements per thread (Philox state / rank-64 operands); with
+    both, 8 warps to hold them."""
     keep = GEMM_CONFIGS_32 if F32_DOT else GEMM_CONFIGS_16
-    if HAS_DROPOUT:
-        # Philox state for more than 64 epilogue elements per thread spills to local memory.
+    if HAS_DROPOUT or BLOCK_R >= 64:
         keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32 * c.num_warps]
+    if HAS_DROPOUT and BLOCK_R >= 64:
+        keep = [c for c in keep if c.num_warps == 8]
     return [c for c in configs if c in keep]
 
 
@@ -213,10 +218,10 @@ def _lora_dB_kernel(
 
 def _split_t(T: int, n_col_blocks: int, device) -> tuple:
     """(num_splits, rows_per_split) so the T-reductions fill the GPU (>= ~2 programs per SM)."""
-    row_blocks = triton.cdiv(T, RED_BLOCK_T)
+    row_blocks = cdiv(T, RED_BLOCK_T)
     splits = max(1, min(row_blocks, (2 * num_sms(device)) // max(1, n_col_blocks)))
-    rows_per_split = triton.cdiv(row_blocks, splits) * RED_BLOCK_T  # whole tiles per split
-    return triton.cdiv(T, rows_per_split), rows_per_split
+    rows_per_split = cdiv(row_blocks, splits) * RED_BLOCK_T  # whole tiles per split
+    return cdiv(T, rows_per_split), rows_per_split
 
 
 def _reduce_splits(part, dtype):
@@ -273,7 +278,7 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
         dyb = torch.empty((T, R), dtype=torch.float32, device=dev) if needs_dyb else None
         if needs_dyb or (compute_dy_rowsq and not rowsq_in_dx):
             bm = rows_block(T, dev)
-            _dy_rows_kernel[(triton.cdiv(T, bm),)](
+            _dy_rows_kernel[(cdiv(T, bm),)](
                 dy, lora_B if has_lora else dy, dyb if needs_dyb else dy, dy_rowsq if compute_dy_rowsq else dy,
                 T, N, R,
                 dy.stride(0), dy.stride(1), lora_B.stride(0) if has_lora else 0, lora_B.stride(1) if has_lora else 0,
@@ -295,33 +300,36 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
                          BLOCK_R=gemm_block_r(R, f32))
 
             def launch(config):
-                grid = (triton.cdiv(T, config.kwargs["BLOCK_M"]) * triton.cdiv(K, config.kwargs["BLOCK_N"]),)
+                grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(K, config.kwargs["BLOCK_N"]),)
                 _lora_dx_kernel[grid](*args, **flags, **launch_options(config))
 
             if use_interpreter_path(dy):
                 launch(INTERP_GEMM)
             else:
                 key = (m_bucket(T), N, K, dy.dtype, has_lora, has_dropout, rowsq_in_dx, flags["BLOCK_R"])
-                launch(DX_TUNER.pick(key, launch, F32_DOT=f32, HAS_DROPOUT=has_dropout))
+                launch(DX_TUNER.pick(key, launch, F32_DOT=f32, HAS_DROPOUT=has_dropout, BLOCK_R=flags["BLOCK_R"]))
 
         if needs_dA:
-            n_kb = triton.cdiv(K, RED_BLOCK_C)
+            f32_x = f32_dot(x)
+            fma_dots = f32_x and not use_interpreter_path(x)
+            block_k = RED_BLOCK_C // 2 if fma_dots and BR >= 128 else RED_BLOCK_C
+            n_kb = cdiv(K, block_k)
             splits, rows_per_split = _split_t(T, n_kb, dev)
             part = torch.empty((splits, R, K), dtype=torch.float32, device=dev)
-            f32_x = f32_dot(x)
             _lora_dA_kernel[(n_kb, splits)](
                 dyb, x, part, T, K, R,
                 x.stride(0), x.stride(1), rows_per_split,
                 float(scaling), float(dropout_p), drop_scale, int(seed),
                 HAS_DROPOUT=has_dropout, F32_DOT=f32_x,
-                # FMA-based fp32 dots + Philox state: a shorter T tile keeps them out of local memory.
-                BLOCK_M=RED_BLOCK_T // 2 if (f32_x and not use_interpreter_path(x)) else RED_BLOCK_T,
-                BLOCK_K=RED_BLOCK_C, BLOCK_R=BR, **launch_skinny,
+                # FMA-based fp32 dots + Philox state: a shorter T tile keeps them out of local memory, and
+                # at rank 128 a narrower K tile too.
+                BLOCK_M=RED_BLOCK_T // 2 if fma_dots else RED_BLOCK_T,
+                BLOCK_K=block_k, BLOCK_R=BR, **launch_skinny,
             )
             dA = _reduce_splits(part, lora_A.dtype)
 
         if needs_dB:
-            n_nb = triton.cdiv(N, RED_BLOCK_C)
+            n_nb = cdiv(N, RED_BLOCK_C)
             splits, rows_per_split = _split_t(T, n_nb, dev)
             part = torch.empty((splits, N, R), dtype=torch.float32, device=dev)
             _lora_dB_kernel[(n_nb, splits)](

@@ -18,6 +18,7 @@ from .utils import (
     INTERP_GEMM,
     ConfigTuner,
     block_r,
+    cdiv,
     check_triton_device,
     device_guard,
     f32_dot,
@@ -128,9 +129,12 @@ def _lora_fwd_kernel(
             tl.store(rowsq_ptr + offs_m, rsq, mask=m_mask)
 
 
-def prune_forward_configs(configs, *, F32_DOT):
-    """The forward GEMM never drops (the mask lives in the shrink), so only the dtype picks its tiles."""
+def prune_forward_configs(configs, *, F32_DOT, BLOCK_R):
+    """The dtype picks the tile set; the forward never drops (the mask lives in the shrink). A rank chunk of 64
+    in the epilogue spills unless each thread holds at most 64 accumulator elements (sm_90 compile check)."""
     keep = GEMM_CONFIGS_32 if F32_DOT else GEMM_CONFIGS_16
+    if BLOCK_R >= 64:
+        keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32 * c.num_warps]
     return [c for c in configs if c in keep]
 
 
@@ -155,7 +159,7 @@ def dropout_mask(shape, p: float, seed: int, device) -> torch.Tensor:
         return out.fill_(1.0)
     check_triton_device(out, kernel=_dropout_mask_kernel)
     if T and K:
-        grid = (triton.cdiv(T, 64), triton.cdiv(K, 64))
+        grid = (cdiv(T, 64), cdiv(K, 64))
         with device_guard(out):
             _dropout_mask_kernel[grid](out, T, K, float(p), 1.0 / (1.0 - p), int(seed), BLOCK_M=64, BLOCK_K=64)
     return out
@@ -203,7 +207,7 @@ def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0,
         if has_lora:
             BR = block_r(R)
             bm = rows_block(T, dev)
-            _shrink_rowsq_kernel[(triton.cdiv(T, bm),)](
+            _shrink_rowsq_kernel[(cdiv(T, bm),)](
                 x, lora_A, xa, rowsq if compute_rowsq else xa,
                 T, K, R,
                 x.stride(0), x.stride(1), lora_A.stride(0), lora_A.stride(1),
@@ -225,12 +229,12 @@ def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0,
                      F32_DOT=f32, BLOCK_R=gemm_block_r(R, f32))
 
         def launch(config):
-            grid = (triton.cdiv(T, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"]),)
+            grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(N, config.kwargs["BLOCK_N"]),)
             _lora_fwd_kernel[grid](*args, **flags, **launch_options(config))
 
         if use_interpreter_path(x):
             launch(INTERP_GEMM)
         else:
             key = (m_bucket(T), N, K, x.dtype, has_lora, bias is not None, flags["ROWSQ"], flags["BLOCK_R"])
-            launch(FORWARD_TUNER.pick(key, launch, F32_DOT=f32))
+            launch(FORWARD_TUNER.pick(key, launch, F32_DOT=f32, BLOCK_R=flags["BLOCK_R"]))
     return ForwardResult(y, xa, rowsq)
