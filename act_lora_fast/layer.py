@@ -177,11 +177,13 @@ class FastActLoRALinear(nn.Module):
         self._norm_sums += sums
 
     def norm_stat_tensor(self):
-        """The raw accumulators [Σ‖x‖², Σ‖x‖, count] as one float64 tensor (for all-reduce)."""
+        """The raw accumulators [Σ‖x‖², Σ‖x‖, count] as one float64 tensor (for all-reduce); indices
+        NORM_SUM_SQ, NORM_SUM, NORM_COUNT."""
         return self._norm_sums
 
     def update_stat_tensor(self):
-        """The raw update accumulators [Σ_t ‖x_t‖·‖dy_t‖, count] as one float64 tensor (for all-reduce)."""
+        """The raw update accumulators [Σ_t ‖x_t‖·‖dy_t‖, count] as one float64 tensor (for all-reduce);
+        indices UPDATE_SUM, UPDATE_COUNT."""
         return self._update_sums
 
     def norm_stats(self):

@@ -226,7 +226,8 @@ def _split_t(T: int, n_col_blocks: int, device) -> tuple:
 
 def _reduce_splits(part, dtype):
     """Sum of the split-T partials in a fixed order (deterministic), in the parameter's dtype."""
-    return (part[0] if part.shape[0] == 1 else part.sum(dim=0)).to(dtype)
+    total = part[0] if part.shape[0] == 1 else part.sum(dim=0)
+    return total if total.dtype == dtype else total.to(dtype)
 
 
 class BackwardResult(NamedTuple):

@@ -70,11 +70,16 @@ def device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+# Triton picks the interpreter when it decorates the kernels, i.e. when this package is imported.
+KERNELS_INTERPRETED = interpret_env()
+
+
 def use_interpreter_path(t: torch.Tensor) -> bool:
     """Fixed small configs + fp32 dots: CPU tensors only ever run under the interpreter."""
-    return t.device.type != "cuda" or interpret_env()
+    return t.device.type != "cuda" or KERNELS_INTERPRETED
 
 
+@functools.lru_cache(maxsize=None)  # asked on every launch; a device's SM count does not change
 def num_sms(device) -> int:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
