@@ -8,8 +8,8 @@ from act_lora_fast.kernels.triton import backward as Bk, forward as F, utils as 
 target = GPUTarget("cuda", 90, 32)
 
 ONES_BY = {"_shrink_rowsq_kernel": {"stride_xk", "stride_ak"}, "_lora_fwd_kernel": {"stride_xk", "stride_wk", "stride_bias", "stride_br", "stride_yn"},
-           "_dy_rows_kernel": {"stride_dyn", "stride_br"}, "_lora_dx_kernel": {"stride_dyk", "stride_wn", "stride_an", "stride_dxn"},
-           "_lora_dA_kernel": {"stride_xk"}, "_lora_dB_kernel": {"stride_dyn"}, "_dropout_mask_kernel": set()}
+           "_dy_rows_kernel": {"stride_dyn", "stride_br"}, "_dy_pass_kernel": {"stride_dyn", "stride_br"}, "_lora_dx_kernel": {"stride_dyk", "stride_wn", "stride_an", "stride_dxn"},
+           "_lora_dA_kernel": {"stride_xk"}, "_dropout_mask_kernel": set()}
 def compile_kernel(fn, ptrs, floats, consts, dt, num_warps=4, num_stages=3):
     # Mimic the JIT's specialization of a launch with contiguous tensors and 16-divisible sizes.
     sig, attrs, consts = {}, {}, dict(consts)
@@ -51,7 +51,9 @@ for dt, f32, cfgs, brs in plan:
                   dict(HAS_DROPOUT=drop, F32_DOT=f32, BLOCK_M=32 if f32 else 64, BLOCK_K=32 if f32 and BR >= 128 else 64, BLOCK_R=BR), dt)
         guard(Bk._dy_rows_kernel, dict(dy_ptr="DT", b_ptr="DT", dyb_ptr="fp32", dy_rowsq_ptr="fp32"), set(),
               dict(HAS_DYB=True, DY_ROWSQ=True, F32_DOT=f32, BLOCK_M=16, BLOCK_N=64, BLOCK_R=BR), dt)
-        guard(Bk._lora_dB_kernel, dict(dy_ptr="DT", xa_ptr="fp32", part_ptr="fp32"), {"scaling"}, dict(F32_DOT=f32, BLOCK_M=64, BLOCK_N=64, BLOCK_R=BR), dt)
+        fused = BR <= 32  # as lora_backward: dy @ B rides on the dB pass at small ranks
+        guard(Bk._dy_pass_kernel, dict(dy_ptr="DT", b_ptr="DT", xa_ptr="fp32", dyb_part_ptr="fp32", db_part_ptr="fp32", rowsq_part_ptr="fp32"),
+              {"scaling"}, dict(HAS_DYB=fused, HAS_DB=True, DY_ROWSQ=fused, F32_DOT=f32, BLOCK_M=32, BLOCK_N=min(256, 8192 // BR), BLOCK_R=BR), dt, num_warps=8)
         for cfg in F.prune_forward_configs(cfgs, F32_DOT=f32, BLOCK_R=U.gemm_block_r(BR, f32)):
             for has_lora, rowsq in ((True, False), (False, True)):
                 flags = dict(HAS_LORA=has_lora, HAS_BIAS=True, ROWSQ=rowsq, F32_DOT=f32, BLOCK_R=U.gemm_block_r(BR, f32), **cfg.kwargs)

@@ -324,3 +324,20 @@ def test_each_gemm_prunes_its_own_configs():
     assert both and all(per_thread(c) <= 64 and c.num_warps == 8 for c in both)
     # The pinned default (ACT_LORA_TRITON_AUTOTUNE=0) survives every 16-bit prune.
     assert utils.GEMM_CONFIGS_16[0] in wide and utils.GEMM_CONFIGS_16[0] in both
+
+
+@pytest.mark.parametrize("r", [8, 64], ids=["fused-dy-pass", "separate-row-pass"])
+def test_backward_is_deterministic_and_matches_with_either_dy_pass(r):
+    """At small ranks dy·B, dB and Σdy² come from one read of dy (partials per column block and per row
+    split), at larger ranks from two; both give the float64 gradients, bit-identically on every run."""
+    T, K, N = 3 * 41, 100, 130  # several column blocks and row splits
+    x, W, b, A, B, dy = make_inputs(T, K, N, r, torch.float32, True, seed=17)
+    fwd = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING)
+    kwargs = dict(weight=W, x=x, lora_A=A, lora_B=B, xa=fwd.xa, scaling=SCALING, needs_dA=True, needs_dB=True,
+                  compute_dy_rowsq=True)
+    first, second = lora_backward(dy, **kwargs), lora_backward(dy, **kwargs)
+    assert all(torch.equal(u, v) for u, v in zip(first, second))
+    _, _, (dx_r, dA_r, dB_r) = reference(x, W, b, A, B, dy, SCALING)
+    for name, got, want in zip(("dx", "dA", "dB"), first[:3], (dx_r, dA_r, dB_r)):
+        assert rel_err(got, want) < FP32_RTOL, name
+    assert rel_err(first.dy_rowsq, dy.double().cpu().square().sum(1)) < FP32_RTOL

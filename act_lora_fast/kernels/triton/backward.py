@@ -77,6 +77,56 @@ def _dy_rows_kernel(
         tl.store(dy_rowsq_ptr + offs_m, rsq, mask=m_mask)
 
 
+@triton.jit
+def _dy_pass_kernel(
+    dy_ptr, b_ptr, xa_ptr, dyb_part_ptr, db_part_ptr, rowsq_part_ptr,
+    M, N, R,
+    stride_dym, stride_dyn, stride_bn, stride_br, rows_per_split,
+    scaling,
+    HAS_DYB: tl.constexpr, HAS_DB: tl.constexpr, DY_ROWSQ: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    # The one pass over dy. Program (pid_n, pid_s) reads the dy tiles of column block pid_n and row split
+    # pid_s once, and from each tile takes
+    #   dy @ B      over its columns -> dyb_part[pid_n] (rows x r), summed over column blocks afterwards;
+    #   dy^T @ xa   over its rows    -> db_part[pid_s]  (cols x r), summed over row splits afterwards;
+    #   sum dy^2    over its columns -> rowsq_part[pid_n] (rows).
+    # Every partial element is written by exactly one program: deterministic, no atomics.
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    n_mask = offs_n < N
+    r_mask = offs_r < R
+    if HAS_DYB:  # B's rows for this column block: loaded once, used by every row tile
+        b = tl.load(b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn + offs_r[None, :] * stride_br,
+                    mask=n_mask[:, None] & r_mask[None, :], other=0.0)
+    t_start = pid_s * rows_per_split
+    t_end = tl.minimum(t_start + rows_per_split, M)
+    db_acc = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
+    for t0 in range(t_start, t_end, BLOCK_M):
+        offs_t = t0 + tl.arange(0, BLOCK_M)
+        t_mask = offs_t < t_end
+        rows = offs_t.to(tl.int64)
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dym + offs_n.to(tl.int64)[None, :] * stride_dyn,
+                     mask=t_mask[:, None] & n_mask[None, :], other=0.0)
+        if HAS_DYB:
+            g = mma(to_dot(dy, dy_ptr, F32_DOT), to_dot(b, dy_ptr, F32_DOT),
+                    tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32), F32_DOT)
+            tl.store(dyb_part_ptr + pid_n.to(tl.int64) * M * R + rows[:, None] * R + offs_r[None, :], g,
+                     mask=t_mask[:, None] & r_mask[None, :])
+        if DY_ROWSQ:
+            dyf = dy.to(tl.float32)
+            tl.store(rowsq_part_ptr + pid_n.to(tl.int64) * M + rows, tl.sum(dyf * dyf, axis=1), mask=t_mask)
+        if HAS_DB:
+            xa = tl.load(xa_ptr + rows[:, None] * R + offs_r[None, :], mask=t_mask[:, None] & r_mask[None, :],
+                         other=0.0)
+            db_acc = mma(to_dot(tl.trans(dy), dy_ptr, F32_DOT), to_dot(xa, dy_ptr, F32_DOT), db_acc, F32_DOT)
+    if HAS_DB:
+        out = db_part_ptr + pid_s.to(tl.int64) * N * R + offs_n.to(tl.int64)[:, None] * R + offs_r[None, :]
+        tl.store(out, db_acc * scaling, mask=n_mask[:, None] & r_mask[None, :])
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _lora_dx_kernel(
     dy_ptr, w_ptr, dyb_ptr, a_ptr, dx_ptr, dy_rowsq_ptr,
@@ -186,36 +236,6 @@ def _lora_dA_kernel(
     tl.store(out, acc * scaling, mask=r_mask[:, None] & k_mask[None, :])
 
 
-@triton.jit
-def _lora_dB_kernel(
-    dy_ptr, xa_ptr, part_ptr,
-    M, N, R,
-    stride_dym, stride_dyn, rows_per_split,
-    scaling,
-    F32_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    # Same split-T scheme as dA: program (pid_n, pid_s) -> fp32 partial of one N_out block.
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, BLOCK_R)
-    n_mask = offs_n < N
-    r_mask = offs_r < R
-    t_start = pid_s * rows_per_split
-    t_end = tl.minimum(t_start + rows_per_split, M)
-    acc = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
-    for t0 in range(t_start, t_end, BLOCK_M):
-        offs_t = t0 + tl.arange(0, BLOCK_M)
-        t_mask = offs_t < t_end
-        dy = tl.load(dy_ptr + offs_t.to(tl.int64)[None, :] * stride_dym + offs_n.to(tl.int64)[:, None] * stride_dyn,
-                     mask=n_mask[:, None] & t_mask[None, :], other=0.0)  # dy^T tile
-        xa = tl.load(xa_ptr + offs_t.to(tl.int64)[:, None] * R + offs_r[None, :],
-                     mask=t_mask[:, None] & r_mask[None, :], other=0.0)
-        acc = mma(to_dot(dy, dy_ptr, F32_DOT), to_dot(xa, dy_ptr, F32_DOT), acc, F32_DOT)
-    out = part_ptr + pid_s.to(tl.int64) * N * R + offs_n.to(tl.int64)[:, None] * R + offs_r[None, :]
-    tl.store(out, acc * scaling, mask=n_mask[:, None] & r_mask[None, :])
-
-
 def _split_t(T: int, n_col_blocks: int, device) -> tuple:
     """(num_splits, rows_per_split) so the T-reductions fill the GPU (>= ~2 programs per SM)."""
     row_blocks = cdiv(T, RED_BLOCK_T)
@@ -225,9 +245,36 @@ def _split_t(T: int, n_col_blocks: int, device) -> tuple:
 
 
 def _reduce_splits(part, dtype):
-    """Sum of the split-T partials in a fixed order (deterministic), in the parameter's dtype."""
+    """Sum of partials over their first dim in a fixed order (deterministic), in `dtype`."""
     total = part[0] if part.shape[0] == 1 else part.sum(dim=0)
     return total if total.dtype == dtype else total.to(dtype)
+
+
+def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq):
+    """dB (and, when asked, dy @ B and the row sums of dy^2) from one read of dy: see _dy_pass_kernel."""
+    T, N = dy.shape
+    dev = dy.device
+    interp = use_interpreter_path(dy)
+    # Wide column blocks keep the (column blocks x T x r) partials of dy @ B small; the dB accumulator
+    # (BLOCK_N x BLOCK_R fp32) bounds the width.
+    block_n = 64 if interp else min(256, 8192 // BR)
+    n_cb = cdiv(N, block_n)
+    splits, rows_per_split = _split_t(T, n_cb, dev)
+    dyb_part = torch.empty((n_cb, T, R), dtype=torch.float32, device=dev) if with_rows else None
+    rowsq_part = torch.empty((n_cb, T), dtype=torch.float32, device=dev) if with_rowsq else None
+    db_part = torch.empty((splits, N, R), dtype=torch.float32, device=dev)
+    _dy_pass_kernel[(n_cb, splits)](
+        dy, lora_B, xa, dyb_part if with_rows else db_part, db_part, rowsq_part if with_rowsq else db_part,
+        T, N, R,
+        dy.stride(0), dy.stride(1), lora_B.stride(0), lora_B.stride(1), rows_per_split,
+        float(scaling),
+        HAS_DYB=with_rows, HAS_DB=True, DY_ROWSQ=with_rowsq, F32_DOT=f32,
+        BLOCK_M=RED_BLOCK_T // 2, BLOCK_N=block_n, BLOCK_R=BR,
+        **({} if interp else dict(num_warps=8, num_stages=3)),
+    )
+    dyb = _reduce_splits(dyb_part, torch.float32) if with_rows else None
+    rowsq = _reduce_splits(rowsq_part, torch.float32) if with_rowsq else None
+    return dyb, _reduce_splits(db_part, lora_B.dtype), rowsq
 
 
 class BackwardResult(NamedTuple):
@@ -256,12 +303,10 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
     R = lora_A.shape[0] if has_lora else 0
     dev = dy.device
     dx = torch.empty((T, K), dtype=dy.dtype, device=dev) if needs_dx else None
-    dy_rowsq = torch.empty((T,), dtype=torch.float32, device=dev) if compute_dy_rowsq else None
     if T == 0 or N == 0 or K == 0:
         if dx is not None:
             dx.zero_()
-        if dy_rowsq is not None:
-            dy_rowsq.copy_(dy.float().square().sum(1))  # no kernel pass to ride on
+        dy_rowsq = dy.float().square().sum(1) if compute_dy_rowsq else None  # no kernel pass to ride on
         dA = torch.zeros_like(lora_A) if needs_dA else None
         dB = torch.zeros_like(lora_B) if needs_dB else None
         return BackwardResult(dx, dA, dB, dy_rowsq)
@@ -270,22 +315,33 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
     launch_skinny = skinny_launch(dy, BR)
     has_dropout = has_lora and dropout_p > 0.0
     drop_scale = 1.0 / (1.0 - dropout_p)
-    # In probe mode with dx the dx GEMM reads whole rows of dy and reduces the norms; else the row pass does.
+    # In probe mode with dx the dx GEMM reads whole rows of dy and reduces the norms; else a pass over dy does.
     rowsq_in_dx = compute_dy_rowsq and needs_dx and not has_lora
-    needs_dyb = has_lora and (needs_dx or needs_dA)
-    dA = dB = None
+    needs_rows = has_lora and (needs_dx or needs_dA)  # dy @ B, for dx's LoRA term and dA
+    rowsq_in_pass = compute_dy_rowsq and not rowsq_in_dx
+    # dy @ B and dB from one read of dy when the rank is small; at larger ranks the per-column-block partials
+    # of dy @ B (T x r each) would cost more than the second read of dy they save.
+    fused = needs_dB and (needs_rows or rowsq_in_pass) and BR <= 32
+    dy_rowsq = torch.empty((T,), dtype=torch.float32, device=dev) if rowsq_in_dx else None
+    dyb = dA = dB = None
 
     with device_guard(dy):
-        dyb = torch.empty((T, R), dtype=torch.float32, device=dev) if needs_dyb else None
-        if needs_dyb or (compute_dy_rowsq and not rowsq_in_dx):
+        if (needs_rows or rowsq_in_pass) and not fused:
+            dyb = torch.empty((T, R), dtype=torch.float32, device=dev) if needs_rows else None
+            dy_rowsq = torch.empty((T,), dtype=torch.float32, device=dev) if rowsq_in_pass else dy_rowsq
             bm = rows_block(T, dev)
             _dy_rows_kernel[(cdiv(T, bm),)](
-                dy, lora_B if has_lora else dy, dyb if needs_dyb else dy, dy_rowsq if compute_dy_rowsq else dy,
+                dy, lora_B if has_lora else dy, dyb if needs_rows else dy, dy_rowsq if rowsq_in_pass else dy,
                 T, N, R,
                 dy.stride(0), dy.stride(1), lora_B.stride(0) if has_lora else 0, lora_B.stride(1) if has_lora else 0,
-                HAS_DYB=needs_dyb, DY_ROWSQ=compute_dy_rowsq and not rowsq_in_dx, F32_DOT=f32,
+                HAS_DYB=needs_rows, DY_ROWSQ=rowsq_in_pass, F32_DOT=f32,
                 BLOCK_M=bm, BLOCK_N=64, BLOCK_R=BR, **launch_skinny,
             )
+        if needs_dB:
+            dyb_f, dB, rowsq_f = _dy_pass(dy, lora_B, xa, R=R, BR=BR, f32=f32, scaling=scaling,
+                                          with_rows=fused and needs_rows, with_rowsq=fused and rowsq_in_pass)
+            if fused:
+                dyb, dy_rowsq = (dyb_f if needs_rows else None), (rowsq_f if rowsq_in_pass else dy_rowsq)
 
         if needs_dx:
             args = (
@@ -328,17 +384,5 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
                 BLOCK_K=block_k, BLOCK_R=BR, **launch_skinny,
             )
             dA = _reduce_splits(part, lora_A.dtype)
-
-        if needs_dB:
-            n_nb = cdiv(N, RED_BLOCK_C)
-            splits, rows_per_split = _split_t(T, n_nb, dev)
-            part = torch.empty((splits, N, R), dtype=torch.float32, device=dev)
-            _lora_dB_kernel[(n_nb, splits)](
-                dy, xa, part, T, N, R,
-                dy.stride(0), dy.stride(1), rows_per_split,
-                float(scaling),
-                F32_DOT=f32, BLOCK_M=RED_BLOCK_T, BLOCK_N=RED_BLOCK_C, BLOCK_R=BR, **launch_skinny,
-            )
-            dB = _reduce_splits(part, lora_B.dtype)
 
     return BackwardResult(dx, dA, dB, dy_rowsq)
