@@ -43,7 +43,10 @@ def load_backend_table(path):
     """The entries of a backend table, checked: {"format": "act_lora_fast.backend_table/1", "device": str,
     "entries": [{"dtype": "bfloat16", "tokens": int, "in": int, "out": int, "r": int, "best": "triton"|"torch"}]}.
     A malformed file raises a ValueError naming it."""
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        raise ValueError(f"backend table {path}: cannot be read ({err.strerror})") from None
     return _load_backend_table(os.fspath(path), stat.st_mtime_ns, stat.st_size)
 
 

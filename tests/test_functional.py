@@ -95,11 +95,12 @@ def test_auto_on_cuda_picks_the_nearest_table_entry_of_the_same_dtype(tmp_path, 
     (dict(entries={"a": 1}), "'entries' must be a list"),
     (dict(entries=[dict(dtype="bfloat16", tokens=8, r=1, best="triton")]), "entry 0 must hold"),
     (dict(entries=[dict(dtype="bfloat16", tokens=8, r=1, best="cublas", **{"in": 8, "out": 8})]), "entry 0"),
+    ({}, "cannot be read"),
 ])
 def test_a_malformed_backend_table_is_named(tmp_path, monkeypatch, overrides, words):
     from act_lora_fast.functional import BACKEND_TABLE_ENV_VAR, resolve_backend
 
-    path = _write_table(tmp_path / "bad.json", **overrides)
+    path = _write_table(tmp_path / "bad.json", **overrides) if overrides else tmp_path / "missing.json"
     monkeypatch.setenv(BACKEND_TABLE_ENV_VAR, str(path))
     with pytest.raises(ValueError, match=f"backend table {path}: {words}"):
         resolve_backend("auto", torch.device("cuda"), dtype=torch.bfloat16, shape=(8, 8, 8, 1))
