@@ -2,20 +2,27 @@
 
 Backends:
 - ``triton``: fused Triton kernels; CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` is set.
-- ``torch``: the fused PyTorch autograd.Function (the CPU path).
+- ``torch``: the fused PyTorch autograd.Function (the CPU path; on CUDA tensors its GEMMs are cuBLAS's).
 - ``reference``: the textbook unfused formula with plain autograd.
-- ``auto`` (default): the ``ACT_LORA_BACKEND`` environment variable if set, else ``triton`` for CUDA
-  tensors when Triton is importable and ``torch`` otherwise.
+- ``auto`` (default): the ``ACT_LORA_BACKEND`` environment variable if set; else ``torch`` on CPU; on CUDA,
+  the backend that a measured table (``ACT_LORA_BACKEND_TABLE``, see `pick_from_table`) names for the nearest
+  shape of the same dtype, and ``triton`` when there is no table or no entry for the dtype (``torch`` when
+  Triton is not installed).
 """
+import functools
+import json
+import math
 import os
 
 import torch
 
-from .kernels.reference import lora_linear_reference, row_sq_norms_reference
+from .kernels.reference import UpdateTap, lora_linear_reference, row_sq_norms_reference
 from .kernels.torch_fused import TorchFusedLoRA, TorchProbeLinear, dropout_keep_mask, fused_forward
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 BACKEND_ENV_VAR = "ACT_LORA_BACKEND"
+BACKEND_TABLE_ENV_VAR = "ACT_LORA_BACKEND_TABLE"
+BACKEND_TABLE_FORMAT = "act_lora_fast.backend_table/1"
 
 
 def check_backend_name(backend):
@@ -32,8 +39,66 @@ def _triton_importable():
     return True
 
 
-def resolve_backend(backend, device):
-    """The concrete backend ('triton', 'torch' or 'reference') for tensors on `device`."""
+def load_backend_table(path):
+    """The entries of a backend table, checked: {"format": "act_lora_fast.backend_table/1", "device": str,
+    "entries": [{"dtype": "bfloat16", "tokens": int, "in": int, "out": int, "r": int, "best": "triton"|"torch"}]}.
+    A malformed file raises a ValueError naming it."""
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        raise ValueError(f"backend table {path}: cannot be read ({err.strerror})") from None
+    return _load_backend_table(os.fspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_backend_table(path, _mtime_ns, _size):  # keyed on the file's state: an edited table is re-read
+    def bad(problem):
+        return ValueError(f"backend table {path}: {problem}")
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise bad(f"cannot be read as JSON ({err})") from None
+    if not isinstance(table, dict) or table.get("format") != BACKEND_TABLE_FORMAT:
+        raise bad(f"'format' must be {BACKEND_TABLE_FORMAT!r}")
+    entries = table.get("entries")
+    if not isinstance(entries, list):
+        raise bad("'entries' must be a list")
+    checked = []
+    for i, entry in enumerate(entries):
+        sizes = [entry.get(k) if isinstance(entry, dict) else None for k in ("tokens", "in", "out", "r")]
+        if (not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str)
+                or entry.get("best") not in ("triton", "torch")
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes)):
+            raise bad(f"entry {i} must hold dtype (str), tokens/in/out/r (ints >= 1) and best "
+                      f"('triton' or 'torch'), got {entry!r}")
+        checked.append((entry["dtype"], tuple(math.log(v) for v in sizes), entry["best"]))
+    return tuple(checked)
+
+
+def pick_from_table(entries, dtype, tokens, k_in, n_out, r):
+    """The 'best' of the entry of the same dtype nearest in log-shape (Euclidean over log tokens, in, out, r);
+    None when the table has no entry for the dtype."""
+    name = str(dtype).replace("torch.", "")
+    point = tuple(math.log(max(int(v), 1)) for v in (tokens, k_in, n_out, r))
+    same = [(sum((a - b) ** 2 for a, b in zip(shape, point)), best) for d, shape, best in entries if d == name]
+    return min(same)[1] if same else None
+
+
+def _auto_cuda(dtype, shape):
+    if not _triton_importable():
+        return "torch"
+    path = os.environ.get(BACKEND_TABLE_ENV_VAR)
+    if path and dtype is not None and shape is not None:
+        return pick_from_table(load_backend_table(path), dtype, *shape) or "triton"
+    return "triton"
+
+
+def resolve_backend(backend, device, *, dtype=None, shape=None):
+    """The concrete backend ('triton', 'torch' or 'reference') for tensors on `device`.
+
+    `dtype` and `shape` = (tokens, in, out, r) let ``auto`` consult the backend table on CUDA."""
     if backend == "auto" and device.type == "cpu" and BACKEND_ENV_VAR not in os.environ:
         return "torch"  # the common case, on every call: no further checks to pay for
     check_backend_name(backend)
@@ -44,7 +109,7 @@ def resolve_backend(backend, device):
         except ValueError as err:
             raise ValueError(f"{BACKEND_ENV_VAR}={env_choice!r}: {err}") from None
     if backend == "auto":
-        return "triton" if device.type == "cuda" and _triton_importable() else "torch"
+        return _auto_cuda(dtype, shape) if device.type == "cuda" else "torch"
     if backend == "triton":
         if not _triton_importable():
             raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='torch'")
@@ -64,7 +129,7 @@ def new_dropout_seed():
 def dropout_mask(shape, p, seed, device, dtype=torch.float32, backend="torch"):
     """The keep mask (0 or 1/(1-p)) that `backend` uses for `seed`; for tests and debugging."""
     if backend == "triton":
-        from .kernels.triton_forward import dropout_mask as triton_dropout_mask
+        from .kernels.triton.forward import dropout_mask as triton_dropout_mask
 
         return triton_dropout_mask(shape, p, seed, device).to(dtype)
     return dropout_keep_mask(shape, p, seed, device, dtype)
@@ -111,40 +176,63 @@ def check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p=0.0):
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
 
 
+def _check_update_args(x, update_sink, token_mask):
+    if update_sink is not None:
+        if not (isinstance(update_sink, torch.Tensor) and update_sink.dtype == torch.float64
+                and tuple(update_sink.shape) == (2,) and update_sink.device == x.device):
+            raise ValueError(f"update_sink must be a float64 tensor of shape (2,) on {x.device}")
+    if token_mask is not None:
+        if not isinstance(token_mask, torch.Tensor) or token_mask.dtype != torch.bool:
+            raise TypeError("token_mask must be a bool tensor (True = count the token)")
+        if tuple(token_mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"token_mask has shape {_shape(token_mask)}, but the input's token dims are "
+                             f"{tuple(x.shape[:-1])}")
+
+
 def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, backend="auto",
-                compute_rowsq=False):
+                compute_rowsq=False, update_sink=None, token_mask=None):
     """y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ for x of shape (..., in); returns (y, rowsq).
 
-    ``rowsq`` holds Σx² per token (shape x.shape[:-1], fp32) when `compute_rowsq`, else None.
+    ``rowsq`` holds Σx² per token (shape x.shape[:-1], fp32; float64 for float64 x on the torch backend) when
+    `compute_rowsq`, else None.
     ``lora_A=None`` is the probe mode: the frozen linear plus the norm reduction only.
+    ``update_sink``: a float64 tensor of shape (2,) with ``requires_grad=True`` (or None). The backward gives
+    it, as its gradient, [Σ_t ‖x_t‖·‖dy_t‖, token count] over the tokens that `token_mask` (bool, shape
+    x.shape[:-1]; None = all) keeps: the "update" score, reduced by the fused backward from the dy it reads.
     All tensors must already share one dtype and device (the module casts under autocast); bad shapes, dtypes
     or devices raise a TypeError / ValueError naming the problem, whatever the backend.
     """
     check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p)
+    _check_update_args(x, update_sink, token_mask)
     lead_shape = x.shape[:-1]
     x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    backend = resolve_backend(backend, x.device)
+    flat_mask = token_mask.reshape(-1) if token_mask is not None and token_mask.dim() != 1 else token_mask
     probe = lora_A is None
+    backend = resolve_backend(backend, x.device, dtype=x.dtype,
+                              shape=(x2d.shape[0], weight.shape[1], weight.shape[0], 0 if probe else lora_A.shape[0]))
 
     if backend == "reference":
         keep = None
         if not probe and dropout_p > 0.0:
             keep = dropout_keep_mask(x2d.shape, dropout_p, seed, x.device, x.dtype)
         y = lora_linear_reference(x2d, weight, bias, lora_A, lora_B, scaling, keep)
+        if update_sink is not None:
+            y = UpdateTap.apply(y, x2d, update_sink, flat_mask)
         rowsq = row_sq_norms_reference(x2d).float() if compute_rowsq else None
     elif backend == "triton":
-        from .kernels.triton_autograd import triton_lora_linear, triton_probe_linear
+        from .kernels.triton.autograd import triton_lora_linear, triton_probe_linear
 
         if probe:
-            y, rowsq = triton_probe_linear(x2d, weight, bias)
+            y, rowsq = triton_probe_linear(x2d, weight, bias, update_sink=update_sink, token_mask=flat_mask)
         else:
-            y, rowsq = triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                          compute_rowsq)
+            y, rowsq = triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=dropout_p,
+                                          seed=seed, compute_rowsq=compute_rowsq, update_sink=update_sink,
+                                          token_mask=flat_mask)
     elif probe:
-        y, rowsq = TorchProbeLinear.apply(x2d, weight, bias)
+        y, rowsq = TorchProbeLinear.apply(x2d, weight, bias, update_sink, flat_mask)
     elif torch.is_grad_enabled():
         y, rowsq = TorchFusedLoRA.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                        compute_rowsq)
+                                        compute_rowsq, update_sink, flat_mask)
     else:  # no_grad / inference_mode: the same forward without autograd's bookkeeping
         y, rowsq, _, _ = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq)
 

@@ -60,3 +60,47 @@ def test_good_input_agrees_across_backends(backend):
     torch.testing.assert_close(rowsq, x3.pow(2).sum(-1), rtol=1e-5, atol=1e-5)
     y_probe, _ = lora_linear(x3, inputs["weight"], inputs["bias"], None, None, 0.0, backend=backend)
     torch.testing.assert_close(y_probe, torch.nn.functional.linear(x3, inputs["weight"], inputs["bias"]))
+
+
+def _write_table(path, **fields):
+    import json
+
+    from act_lora_fast.functional import BACKEND_TABLE_FORMAT
+
+    path.write_text(json.dumps({"format": BACKEND_TABLE_FORMAT, "device": "NVIDIA H200", "entries": [], **fields}))
+    return path
+
+
+def test_auto_on_cuda_picks_the_nearest_table_entry_of_the_same_dtype(tmp_path, monkeypatch):
+    from act_lora_fast.functional import BACKEND_TABLE_ENV_VAR, resolve_backend
+
+    cuda = torch.device("cuda")  # resolving only reads the device type: no GPU needed
+    entries = [dict(dtype="bfloat16", tokens=8192, **{"in": 4096, "out": 4096}, r=16, best="triton"),
+               dict(dtype="bfloat16", tokens=512, **{"in": 768, "out": 768}, r=8, best="torch"),
+               dict(dtype="float32", tokens=8192, **{"in": 4096, "out": 4096}, r=16, best="torch")]
+    monkeypatch.setenv(BACKEND_TABLE_ENV_VAR, str(_write_table(tmp_path / "table.json", entries=entries)))
+    pick = lambda dtype, shape: resolve_backend("auto", cuda, dtype=dtype, shape=shape)  # noqa: E731
+    assert pick(torch.bfloat16, (4096, 4096, 4096, 16)) == "triton"
+    assert pick(torch.bfloat16, (1024, 1024, 1024, 8)) == "torch"
+    assert pick(torch.float32, (16, 64, 64, 1)) == "torch"  # the only fp32 entry, however far
+    assert pick(torch.float16, (4096, 4096, 4096, 16)) == "triton"  # no fp16 entry: the documented fallback
+    assert resolve_backend("torch", cuda, dtype=torch.bfloat16, shape=(4096, 4096, 4096, 16)) == "torch"
+    monkeypatch.delenv(BACKEND_TABLE_ENV_VAR)
+    assert pick(torch.bfloat16, (1024, 1024, 1024, 8)) == "triton"  # no table
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(format="something/2"), "'format' must be"),
+    (dict(entries={"a": 1}), "'entries' must be a list"),
+    (dict(entries=[dict(dtype="bfloat16", tokens=8, r=1, best="triton")]), "entry 0 must hold"),
+    (dict(entries=[dict(dtype="bfloat16", tokens=8, r=1, best="cublas", **{"in": 8, "out": 8})]), "entry 0"),
+    ({}, "cannot be read"),
+])
+def test_a_malformed_backend_table_is_named(tmp_path, monkeypatch, overrides, words):
+    from act_lora_fast.functional import BACKEND_TABLE_ENV_VAR, resolve_backend
+
+    path = _write_table(tmp_path / "bad.json", **overrides) if overrides else tmp_path / "missing.json"
+    monkeypatch.setenv(BACKEND_TABLE_ENV_VAR, str(path))
+    with pytest.raises(ValueError, match=f"backend table {path}: {words}"):
+        resolve_backend("auto", torch.device("cuda"), dtype=torch.bfloat16, shape=(8, 8, 8, 1))

@@ -7,6 +7,8 @@ from torch import nn
 
 from act_lora_fast import FastActLoRALinear
 from act_lora_fast.functional import BACKEND_ENV_VAR
+from act_lora_fast.kernels.reference import update_sums_reference
+from tests.numerics import NORM_RTOL, TORCH_RTOL, assert_rel_close
 
 BACKENDS = ["torch", "reference", "triton"]  # triton runs in the interpreter (conftest sets TRITON_INTERPRET)
 
@@ -194,6 +196,8 @@ def test_torch_compile_matches_eager():
         (dict(r=-2), ValueError, "r must be >= 1"),
         (dict(r=2.5), TypeError, "r must be an int"),
         (dict(alpha=0), ValueError, "alpha"),
+        (dict(alpha=math.inf), ValueError, "alpha must be a positive finite number"),
+        (dict(alpha=math.nan), ValueError, "alpha must be a positive finite number"),
         (dict(dropout=1.0), ValueError, "dropout"),
         (dict(dropout=-0.1), ValueError, "dropout"),
         (dict(backend="cuda-magic"), ValueError, "unknown backend"),
@@ -237,3 +241,116 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     layer = make_layer(backend="triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         layer(torch.randn(3, 48))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("r", [8, 0], ids=["lora", "probe"])
+def test_trainable_base_weight_and_bias_get_float64_gradients(backend, r):
+    """A user who unfreezes the base gets dW and db as from nn.Linear (the fused backward used to drop them)."""
+    torch.manual_seed(2)
+    layer = FastActLoRALinear(nn.Linear(48, 40), r=r, probe=r == 0, backend=backend)
+    if r:
+        nn.init.normal_(layer.lora_B.weight)
+    layer.base_layer.weight.requires_grad_(True)
+    layer.base_layer.bias.requires_grad_(True)
+    x = torch.randn(3, 7, 48)
+    dy = torch.randn(3, 7, 40)
+    layer(x).backward(dy)
+
+    w64, b64 = (p.detach().double().requires_grad_() for p in (layer.base_layer.weight, layer.base_layer.bias))
+    y64 = nn.functional.linear(x.double(), w64, b64)
+    if r:
+        y64 = y64 + layer.scaling * (x.double() @ layer.lora_A.weight.double().t()) @ layer.lora_B.weight.double().t()
+    y64.backward(dy.double())
+    assert_rel_close(layer.base_layer.weight.grad, w64.grad, TORCH_RTOL[torch.float32], "dW")
+    assert_rel_close(layer.base_layer.bias.grad, b64.grad, TORCH_RTOL[torch.float32], "db")
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "to_dtype"])
+def test_norm_statistics_stay_float64_when_the_module_is_cast(cast):
+    """fp16 sums overflowed (Σ‖x‖² > 65504) and bf16 counts drifted (7,400 -> 7,392) when .half() / .to(dtype)
+    cast the accumulators with the weights."""
+    layer = make_layer(track_norms=True)
+    layer(torch.randn(7400, 48) * 40)
+    before = layer.norm_stats()
+    assert before["sum_sq_norm"] > 1e6 and before["count"] == 7400
+    {"half": lambda: layer.half(), "bfloat16": lambda: layer.to(torch.bfloat16),
+     "to_dtype": lambda: layer.to(torch.float16)}[cast]()
+    assert layer.base_layer.weight.dtype in (torch.float16, torch.bfloat16)
+    assert layer.norm_stats() == before
+    assert layer.norm_stat_tensor().dtype == layer.update_stat_tensor().dtype == torch.float64
+    layer.to("cpu")  # a device move still moves them
+    assert layer.norm_stats() == before
+
+
+def test_merged_state_dict_round_trips_exactly():
+    """A merged layer's state dict used to load as unmerged weights plus the adapter again: LoRA twice."""
+    source = make_layer(seed=3)
+    x = torch.randn(6, 48)
+    source.merge()
+    y_merged = source(x)
+    state = source.state_dict()
+    assert state["lora_merged"].item() is True
+    fresh = make_layer(seed=4)
+    fresh.load_state_dict(state)
+    assert fresh.merged
+    assert torch.equal(fresh(x), y_merged)
+    assert torch.equal(fresh.base_layer.weight, source.base_layer.weight)
+    fresh.unmerge()
+    source.unmerge()
+    assert torch.equal(fresh.base_layer.weight, source.base_layer.weight)
+    # The other way round: an unmerged state dict makes a merged layer unmerged (its base weight is replaced).
+    merged = make_layer(seed=5)
+    merged.merge()
+    merged.load_state_dict(source.state_dict())
+    assert not merged.merged and torch.equal(merged(x), source(x))
+    assert sorted(source.state_dict()) == ["base_layer.bias", "base_layer.weight", "lora_A.weight", "lora_B.weight"]
+
+
+def test_merged_flag_without_base_weight_is_refused():
+    layer = make_layer()
+    partial = {"lora_A.weight": layer.lora_A.weight.detach(), "lora_B.weight": layer.lora_B.weight.detach(),
+               "lora_merged": torch.tensor(True)}
+    with pytest.raises(RuntimeError, match="lora_merged given without base_layer.weight"):
+        layer.load_state_dict(partial, strict=False)
+
+
+def test_integer_norm_token_mask_is_refused():
+    layer = make_layer(track_norms=True)
+    layer.norm_token_mask = torch.full((2, 5), 2)  # a 2 would count a token twice
+    with pytest.raises(TypeError, match="norm_token_mask must be a bool tensor"):
+        layer(torch.randn(2, 5, 48))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["lora", "lora-dropout", "probe"])
+def test_update_score_matches_float64_with_mask(backend, mode):
+    """sum_update = Σ_t ‖x_t‖·‖dy_t‖ over the unmasked tokens of every backward, reduced in the fused backward."""
+    if mode == "probe":
+        layer = FastActLoRALinear(nn.Linear(48, 40), r=0, probe=True, backend=backend, track_update=True)
+    else:
+        layer = make_layer(backend=backend, track_update=True, dropout=0.3 if mode == "lora-dropout" else 0.0)
+    gen = torch.Generator().manual_seed(8)
+    xs = [torch.randn(4, 9, 48, generator=gen) * 2 for _ in range(2)]
+    dys = [torch.randn(4, 9, 40, generator=gen) for _ in range(2)]
+    mask = torch.rand(4, 9, generator=gen) > 0.3
+    layer.norm_token_mask = mask
+    for x, dy in zip(xs, dys):  # x needs no grad: the update sink alone makes the backward run (probe mode)
+        layer(x).backward(dy)
+    expected = sum(update_sums_reference(x, dy, mask) for x, dy in zip(xs, dys))
+    stats = layer.norm_stats()
+    assert stats["update_count"] == 2 * int(mask.sum())
+    assert stats["sum_update"] == pytest.approx(expected[0].item(), rel=NORM_RTOL)
+    assert stats["mean_update"] == pytest.approx((expected[0] / expected[1]).item(), rel=NORM_RTOL)
+    layer.reset_norm_stats()
+    assert layer.norm_stats()["sum_update"] == 0.0 and layer.norm_stats()["update_count"] == 0
+
+
+def test_update_score_off_or_without_grad_accumulates_nothing():
+    layer = make_layer(track_norms=True)
+    layer(torch.randn(5, 48, requires_grad=True)).sum().backward()
+    assert layer.norm_stats()["update_count"] == 0
+    layer.track_update = True
+    with torch.no_grad():
+        layer(torch.randn(5, 48))
+    assert layer.norm_stats()["update_count"] == 0

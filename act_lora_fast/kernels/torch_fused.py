@@ -9,7 +9,11 @@ Compared with the unfused formula (and PEFT's lora.Linear) it
 - saves s·x·Aᵀ (r × T, s folded in once) for dB instead of recomputing it, and x only when A needs a gradient;
 - runs the same forward without autograd under no_grad / inference_mode;
 - gets dx and dy·B from one GEMM against [W (+ s·B·A), B] in backward when that beats a separate dy·B;
-- computes the per-token Σx² in the same call, in fp32, for activation-norm tracking.
+- computes the per-token Σx² in the same call, in fp32, for activation-norm tracking, and on request the
+  "update" score Σ_t ‖x_t‖·‖dy_t‖ in backward (`update_sums`);
+- gives the frozen base weight and bias gradients only when a caller has made them require one.
+
+The same code runs on CUDA tensors (cuBLAS GEMMs), where it competes with the Triton kernels.
 """
 import torch
 
@@ -62,8 +66,27 @@ def dropout_keep_mask(shape, p, seed, device, dtype):
 
 
 def row_sq_norms(x2d):
-    """Σx² per row, accumulated in fp32 whatever x's dtype (one read of x)."""
-    return torch.linalg.vector_norm(x2d, ord=2, dim=1, dtype=torch.float32).square_()
+    """Σx² per row, accumulated in fp32 (float64 for float64 x) whatever x's dtype (one read of x)."""
+    dtype = torch.float64 if x2d.dtype == torch.float64 else torch.float32
+    return torch.linalg.vector_norm(x2d, ord=2, dim=1, dtype=dtype).square_()
+
+
+def update_sums(x_rowsq, dy_rowsq, token_mask=None):
+    """[Σ_t w_t·‖x_t‖·‖dy_t‖, Σ_t w_t] in float64 from the per-token Σx² and Σdy²: the sums of the "update"
+    score, the norm of each token's contribution to dL/dB = s·dyᵀ·(x·Aᵀ). `token_mask` (bool, (T,)) gives
+    w_t, 1 for every token when None."""
+    product = (x_rowsq.double() * dy_rowsq.double()).sqrt_()
+    if token_mask is None:
+        return torch.stack([product.sum(), product.new_full((), product.numel())])
+    weight = token_mask.to(torch.float64)
+    return torch.stack([product.mul_(weight).sum(), weight.sum()])
+
+
+def base_grads(ctx, dy, x2d):
+    """dW = dyᵀ·x and db = Σ_t dy for a frozen base that a caller has made trainable (as nn.Linear does)."""
+    d_weight = dy.t() @ x2d if ctx.needs_input_grad[1] else None
+    d_bias = dy.sum(0) if ctx.needs_input_grad[2] else None
+    return d_weight, d_bias
 
 
 def merges_on_the_fly(num_tokens, k_in, n_out, dtype, dropout_p):
@@ -132,20 +155,30 @@ def fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=0.0, see
 
 
 class TorchFusedLoRA(torch.autograd.Function):
+    """(y, rowsq) of the LoRA linear. `update_sink`, a float64 (2,) tensor requiring grad, or None: its
+    "gradient" is `update_sums` of this call, so the score reaches its owner through autograd (and the backward
+    runs even where nothing else wants a gradient); `token_mask` (bool, (T,) or None) weights the score."""
+
     @staticmethod
-    def forward(ctx, x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq):
+    def forward(ctx, x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
+                update_sink=None, token_mask=None):
+        wants_update = update_sink is not None and ctx.needs_input_grad[9]
         y, rowsq, xa_t, merged = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                               compute_rowsq, keep_xa=ctx.needs_input_grad[4])
-        if rowsq is None:
-            rowsq = x2d.new_empty(0, dtype=torch.float32)
+                                               compute_rowsq or wants_update, keep_xa=ctx.needs_input_grad[4])
         ctx.scaling, ctx.dropout_p, ctx.seed, ctx.merged = scaling, dropout_p, seed, merged
-        ctx.save_for_backward(x2d if ctx.needs_input_grad[3] else None, weight, lora_A, lora_B, xa_t)
+        needs_x = ctx.needs_input_grad[3] or ctx.needs_input_grad[1]
+        ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa_t,
+                              rowsq if wants_update else None, token_mask if wants_update else None)
+        if not compute_rowsq:
+            rowsq = x2d.new_empty(0, dtype=torch.float32)
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
 
     @staticmethod
     def backward(ctx, dy, _drowsq):
-        x2d, weight, lora_A, lora_B, xa_t = ctx.saved_tensors
+        x2d, weight, lora_A, lora_B, xa_t, x_rowsq, token_mask = ctx.saved_tensors
+        d_weight, d_bias = base_grads(ctx, dy, x2d)
+        update = update_sums(x_rowsq, row_sq_norms(dy), token_mask) if x_rowsq is not None else None
         s, p = ctx.scaling, ctx.dropout_p
         keep = None
         if p > 0.0 and (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
@@ -171,21 +204,26 @@ class TorchFusedLoRA(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             # (s·xaᵀ·dy)ᵀ rather than dyᵀ·xa: BLAS reduces over T far faster in this orientation.
             dB = (xa_t @ dy).t()
-        return dx, None, None, dA, dB, None, None, None, None
+        return dx, d_weight, d_bias, dA, dB, None, None, None, None, update, None
 
 
 class TorchProbeLinear(torch.autograd.Function):
-    """Probe mode: the frozen linear plus the per-token Σx², nothing else."""
+    """Probe mode: the frozen linear plus the per-token Σx², nothing else (and the update score on request,
+    as `TorchFusedLoRA` gives it)."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias):
+    def forward(ctx, x2d, weight, bias, update_sink=None, token_mask=None):
+        wants_update = update_sink is not None and ctx.needs_input_grad[3]
         rowsq = row_sq_norms(x2d)
         y = torch.addmm(bias, x2d, weight.t()) if bias is not None else x2d @ weight.t()
-        ctx.save_for_backward(weight)
+        ctx.save_for_backward(x2d if ctx.needs_input_grad[1] else None, weight, rowsq if wants_update else None,
+                              token_mask if wants_update else None)
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
 
     @staticmethod
     def backward(ctx, dy, _drowsq):
-        (weight,) = ctx.saved_tensors
-        return (dy @ weight if ctx.needs_input_grad[0] else None), None, None
+        x2d, weight, x_rowsq, token_mask = ctx.saved_tensors
+        d_weight, d_bias = base_grads(ctx, dy, x2d)
+        update = update_sums(x_rowsq, row_sq_norms(dy), token_mask) if x_rowsq is not None else None
+        return (dy @ weight if ctx.needs_input_grad[0] else None), d_weight, d_bias, update, None

@@ -6,14 +6,9 @@ from hypothesis import strategies as st
 
 from act_lora_fast.functional import dropout_mask, lora_linear
 from act_lora_fast.kernels import torch_fused
-from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference
-
-# Bound on max|ours - ref| / max|ref| per dtype (fp16 keeps ~11 bits; sums over K=512 lose a few more).
-REL_TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-
-
-def rel_err(actual, expected):
-    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference, update_sums_reference
+from tests.numerics import NORM_RTOL, rel_err
+from tests.numerics import TORCH_RTOL as REL_TOL
 
 
 def make_inputs(lead_shape, k_in, n_out, r, dtype, bias, seed=0):
@@ -212,3 +207,64 @@ def test_saves_no_input_copy_when_adapter_frozen():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         lora_linear(x, weight, b, lora_A, lora_B, 1.0, backend="torch")
     assert x.numel() not in saved
+
+
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
+@pytest.mark.parametrize("bias", [True, False])
+def test_trainable_base_weight_and_bias_match_float64(monkeypatch, merge, dropout_p, bias):
+    """dW = dyᵀ·x (the base sees the undropped x) and db = Σ_t dy when the caller unfreezes them."""
+    monkeypatch.setattr(torch_fused, "merges_on_the_fly", lambda *args: merge and dropout_p == 0.0)
+    x, weight, b, lora_A, lora_B, dy = make_inputs((3, 41), 72, 56, 8, torch.float32, bias, seed=5)
+    seed = 77
+    keep = dropout_mask((123, 72), dropout_p, seed, x.device).reshape(3, 41, 72) if dropout_p else None
+
+    def grads(fn, x, weight, b, lora_A, lora_B, dy):
+        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (x, weight, b, lora_A, lora_B)]
+        fn(*leaves).backward(dy)
+        return [t.grad if t is not None else None for t in leaves]
+
+    got = grads(lambda *t: lora_linear(*t, 1.3, dropout_p=dropout_p, seed=seed, backend="torch")[0],
+                x, weight, b, lora_A, lora_B, dy)
+    want = grads(lambda *t: lora_linear_reference(*t, 1.3, None if keep is None else keep.double()),
+                 *(None if t is None else t.double() for t in (x, weight, b, lora_A, lora_B, dy)))
+    for name, g, w in zip(("dx", "dW", "db", "dA", "dB"), got, want):
+        assert (g is None) == (w is None), name
+        if g is not None:
+            assert rel_err(g, w) < REL_TOL[torch.float32], f"{name}: {rel_err(g, w):.2e}"
+
+
+def test_probe_gives_base_weight_and_bias_gradients():
+    x, weight, b, *_, dy = make_inputs((37,), 65, 31, 1, torch.float32, True, seed=6)
+    w, bb = weight.clone().requires_grad_(), b.clone().requires_grad_()
+    lora_linear(x, w, bb, None, None, 0.0, backend="torch", compute_rowsq=True)[0].backward(dy)
+    assert rel_err(w.grad, dy.double().t() @ x.double()) < REL_TOL[torch.float32]
+    assert rel_err(bb.grad, dy.double().sum(0)) < REL_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["lora", "probe"])
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_update_sums_from_the_fused_backward_match_float64(monkeypatch, probe, merge, masked):
+    """The sink's gradient is [Σ_t w_t·‖x_t‖·‖dy_t‖, Σ_t w_t] in float64, whichever grads the call computes."""
+    monkeypatch.setattr(torch_fused, "merges_on_the_fly", lambda *args: merge)
+    x, weight, b, lora_A, lora_B, dy = make_inputs((3, 41), 72, 56, 8, torch.float32, True, seed=9)
+    x = x * 5  # norms well away from 1
+    mask = (torch.rand(3, 41, generator=torch.Generator().manual_seed(1)) > 0.4) if masked else None
+    sink = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    adapter = (None, None) if probe else (lora_A, lora_B.requires_grad_())
+    y, _ = lora_linear(x, weight, b, *adapter, 0.8, backend="torch", update_sink=sink, token_mask=mask)
+    y.backward(dy)
+    want = update_sums_reference(x, dy, mask)
+    assert rel_err(sink.grad, want) < NORM_RTOL
+    assert sink.grad[1].item() == (mask.sum().item() if masked else 3 * 41)
+
+
+def test_bad_update_arguments_are_named():
+    x, weight, b, lora_A, lora_B, _ = make_inputs((4,), 8, 6, 2, torch.float32, True)
+    with pytest.raises(ValueError, match="update_sink must be a float64 tensor of shape"):
+        lora_linear(x, weight, b, lora_A, lora_B, 1.0, backend="torch", update_sink=torch.zeros(2))
+    with pytest.raises(TypeError, match="token_mask must be a bool tensor"):
+        lora_linear(x, weight, b, lora_A, lora_B, 1.0, backend="torch", token_mask=torch.ones(4))
+    with pytest.raises(ValueError, match="token_mask has shape"):
+        lora_linear(x, weight, b, lora_A, lora_B, 1.0, backend="torch", token_mask=torch.ones(5, dtype=torch.bool))

@@ -1,37 +1,22 @@
 """Triton LoRA kernels vs the float64 textbook reference (CPU through TRITON_INTERPRET=1, or CUDA)."""
 import os
 
+import pytest
 import torch
 
-# The interpreter is chosen when the kernels are decorated, i.e. at act_lora_fast import: set it first.
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-
-from act_lora_fast.kernels import triton_autograd as TA  # noqa: E402
-from act_lora_fast.kernels._triton_utils import check_triton_device, interpreter_works_with_numpy  # noqa: E402
-from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference  # noqa: E402
-from act_lora_fast.kernels.triton_backward import lora_backward, lora_backward_reference  # noqa: E402
-from act_lora_fast.kernels.triton_forward import dropout_mask, lora_forward, lora_forward_reference  # noqa: E402
+from act_lora_fast.kernels.reference import lora_linear_reference, row_sq_norms_reference, update_sums_reference
+from act_lora_fast.kernels.triton import autograd as TA
+from act_lora_fast.kernels.triton import utils
+from act_lora_fast.kernels.triton.backward import lora_backward
+from act_lora_fast.kernels.triton.forward import dropout_mask, lora_forward
+from act_lora_fast.kernels.triton.utils import check_triton_device, interpreter_works_with_numpy, triton_available
+from tests.numerics import KERNEL_DTYPES, KERNEL_RTOL, NORM_RTOL, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# Bounds on max|out - ref| / max|ref| against float64.
-FP32_RTOL = 1e-4
-FP16_RTOL = 2e-2
-BF16_RTOL = 3e-2
-DTYPES = [
-    pytest.param(torch.float32, FP32_RTOL, id="fp32"),
-    pytest.param(torch.float16, FP16_RTOL, id="fp16"),
-    pytest.param(torch.bfloat16, BF16_RTOL, id="bf16"),
-]
+FP32_RTOL, FP16_RTOL, BF16_RTOL = (KERNEL_RTOL[d] for d in (torch.float32, torch.float16, torch.bfloat16))
+DTYPES = KERNEL_DTYPES
 SCALING = 0.75
-
-
-def rel_err(out, ref):
-    out, ref = out.double().cpu(), ref.double().cpu()
-    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
 def make_inputs(T, K, N, r, dtype, bias, seed=0, origin_3d=None):
@@ -68,7 +53,7 @@ def run_autograd(x, W, b, A, B, dy, s, p=0.0, seed=0, compute_rowsq=True):
     x = x.detach().requires_grad_(True)
     A = A.detach().requires_grad_(True)
     B = B.detach().requires_grad_(True)
-    y, rowsq = TA.triton_lora_linear(x, W, b, A, B, s, p, seed, compute_rowsq)
+    y, rowsq = TA.triton_lora_linear(x, W, b, A, B, s, dropout_p=p, seed=seed, compute_rowsq=compute_rowsq)
     y.backward(dy)
     return y.detach(), rowsq, (x.grad, A.grad, B.grad)
 
@@ -108,9 +93,7 @@ def test_lora_forward_backward(T, K, N, r, origin, bias, dtype, rtol):
 def test_native_16bit_dot_path_fp16(monkeypatch):
     """Run the GPU's 16-bit-operand dot path (casts of fp32 xa/dyB to the input dtype) in the
     interpreter; only fp16 -- the interpreter's bf16 dots are wrong."""
-    from act_lora_fast.kernels import _triton_utils
-
-    monkeypatch.setattr(_triton_utils, "INTERPRETER_F32_DOTS", False)
+    monkeypatch.setattr(utils, "INTERPRETER_F32_DOTS", False)
     T, K, N, r, p, seed = 70, 96, 80, 8, 0.25, 21
     x, W, b, A, B, dy = make_inputs(T, K, N, r, torch.float16, True, seed=3)
     mask = dropout_mask((T, K), p, seed, DEVICE)
@@ -165,12 +148,13 @@ def test_dropout_mask_properties():
 
 def test_p_zero_is_no_dropout():
     x, W, b, A, B, dy = make_inputs(40, 64, 48, 4, torch.float32, True, seed=9)
-    y0, xa0, rs0 = lora_forward(x, W, b, A, B, SCALING)
-    y1, xa1, rs1 = lora_forward(x, W, b, A, B, SCALING, dropout_p=0.0, seed=999)
-    assert torch.equal(y0, y1) and torch.equal(xa0, xa1) and torch.equal(rs0, rs1)
-    g0 = lora_backward(dy, x, W, A, B, xa0, SCALING, 0.0, 0, True, True, True)
-    g1 = lora_backward(dy, x, W, A, B, xa0, SCALING, 0.0, 999, True, True, True)
-    assert all(torch.equal(u, v) for u, v in zip(g0, g1))
+    fwd0 = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING)
+    fwd1 = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING, dropout_p=0.0, seed=999)
+    assert all(torch.equal(u, v) for u, v in zip(fwd0, fwd1))
+    common = dict(weight=W, x=x, lora_A=A, lora_B=B, xa=fwd0.xa, scaling=SCALING, needs_dA=True, needs_dB=True)
+    g0 = lora_backward(dy, **common, dropout_p=0.0, seed=0)
+    g1 = lora_backward(dy, **common, dropout_p=0.0, seed=999)
+    assert all(torch.equal(u, v) for u, v in zip(g0[:3], g1[:3]))
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -187,7 +171,7 @@ def test_probe_mode(bias, dtype, rtol):
     assert rel_err(rowsq, rowsq_r) < FP32_RTOL
     assert rel_err(xg.grad, dx_r) < rtol
     # lora_forward without adapters is the same probe path.
-    y2, xa2, rs2 = lora_forward(x, W, b, None, None, SCALING, compute_rowsq=False)
+    y2, xa2, rs2 = lora_forward(x, weight=W, bias=b, compute_rowsq=False)
     assert xa2 is None and rs2 is None and torch.equal(y2, y.detach())
 
 
@@ -196,7 +180,7 @@ def test_autograd_respects_needs_input_grad():
     _, _, (dx_r, dA_r, dB_r) = reference(x, W, b, A, B, dy, SCALING)
     # Only B trains, x is a leaf without grad: no dx, no dA, x not needed.
     Bg = B.detach().requires_grad_(True)
-    y, rowsq = TA.triton_lora_linear(x, W, b, A, Bg, SCALING, 0.0, 0, False)
+    y, rowsq = TA.triton_lora_linear(x, W, b, A, Bg, SCALING, compute_rowsq=False)
     assert rowsq.numel() == 0 and not rowsq.requires_grad
     y.backward(dy)
     assert rel_err(Bg.grad, dB_r) < FP32_RTOL
@@ -212,26 +196,16 @@ def test_autograd_respects_needs_input_grad():
     assert rel_err(xg.grad, dx_sum) < FP32_RTOL
 
 
-def test_kernel_module_references_match_reference():
-    x, W, b, A, B, dy = make_inputs(20, 24, 28, 4, torch.float32, True, seed=13)
-    mask = (torch.rand(20, 24, generator=torch.Generator().manual_seed(0)) > 0.3).float() / 0.7
-    y_r, rowsq_r, grads_r = reference(x, W, b, A, B, dy, SCALING, mask=mask)
-    y, _, rowsq = lora_forward_reference(x, W, b, A, B, SCALING, mask=mask)
-    grads = lora_backward_reference(dy, x, W, A, B, SCALING, mask=mask)
-    assert rel_err(y, y_r) < 1e-12 and rel_err(rowsq, rowsq_r) < 1e-12
-    assert all(rel_err(g, g_r) < 1e-12 for g, g_r in zip(grads, grads_r))
-
-
 def test_cpu_without_interpreter_raises(monkeypatch):
     x = torch.randn(4, 8)
     W = torch.randn(6, 8)
-    assert TA.triton_available("cpu") == (os.environ.get("TRITON_INTERPRET") == "1")
+    assert triton_available("cpu") == (os.environ.get("TRITON_INTERPRET") == "1")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert not TA.triton_available("cpu")
+    assert not triton_available("cpu")
     with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors or TRITON_INTERPRET=1"):
         check_triton_device(x, W)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        lora_forward(x, W, None, None, None, 1.0)
+        lora_forward(x, weight=W)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         TA.triton_probe_linear(x, W)
 
@@ -246,9 +220,124 @@ def test_interpreter_numpy_compatibility_rule():
 
 
 def test_old_interpreter_with_numpy_2_is_a_clear_error(monkeypatch):
-    import act_lora_fast.kernels._triton_utils as utils
-
     monkeypatch.setattr(utils, "interpreter_works_with_numpy", lambda: False)
     x = torch.randn(4, 8)
     with pytest.raises(RuntimeError, match="install triton>=3.7"):
         check_triton_device(x)
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["lora", "probe"])
+def test_trainable_base_weight_and_bias_match_float64(probe):
+    x, W, b, A, B, dy = make_inputs(70, 96, 80, 0 if probe else 8, torch.float32, True, seed=12)
+    Wg, bg = W.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    if probe:
+        y, _ = TA.triton_probe_linear(x, Wg, bg)
+    else:
+        y, _ = TA.triton_lora_linear(x, Wg, bg, A, B, SCALING, dropout_p=0.2, seed=5)
+    y.backward(dy)
+    assert rel_err(Wg.grad, dy.double().cpu().t() @ x.double().cpu()) < FP32_RTOL
+    assert rel_err(bg.grad, dy.double().cpu().sum(0)) < FP32_RTOL
+
+
+@pytest.mark.parametrize("needs", ["all", "B-only", "probe-dx", "probe-no-dx"])
+@pytest.mark.parametrize("dtype, rtol", [DTYPES[0], DTYPES[2]])
+def test_update_sums_reduced_in_the_backward_match_float64(needs, dtype, rtol):
+    """Σ_t w_t·‖x_t‖·‖dy_t‖ from the forward's Σx² and the Σdy² of the backward's row pass (dy·B kernel, or
+    the dx GEMM in probe mode, or a row pass of its own when nothing else reads whole rows of dy)."""
+    probe = needs.startswith("probe")
+    T, K, N = 3 * 41, 100, 130  # several column blocks: only pid_n == 0 may write the dx GEMM's row sums
+    x, W, b, A, B, dy = make_inputs(T, K, N, 0 if probe else 8, dtype, True, seed=14)
+    mask = (torch.rand(T, generator=torch.Generator().manual_seed(2)) > 0.3).to(DEVICE)
+    sink = torch.zeros(2, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    xg = x.detach().requires_grad_(needs in ("all", "probe-dx"))
+    if probe:
+        y, _ = TA.triton_probe_linear(xg, W, b, update_sink=sink, token_mask=mask)
+    else:
+        y, _ = TA.triton_lora_linear(xg, W, b, A.requires_grad_(needs == "all"), B.requires_grad_(), SCALING,
+                                     compute_rowsq=False, update_sink=sink, token_mask=mask)
+    y.backward(dy)
+    assert rel_err(sink.grad, update_sums_reference(x, dy, mask)) < NORM_RTOL
+    assert sink.grad[1].item() == mask.sum().item()
+
+
+def test_backward_returns_dy_row_norms_with_every_grad_subset():
+    x, W, b, A, B, dy = make_inputs(50, 40, 70, 4, torch.float32, True, seed=15)
+    fwd = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING)
+    want = dy.double().cpu().square().sum(1)
+    for needs_dx, needs_dA, needs_dB in [(True, True, True), (False, False, True), (False, True, False)]:
+        grads = lora_backward(dy, weight=W, x=x, lora_A=A, lora_B=B, xa=fwd.xa, scaling=SCALING, needs_dx=needs_dx,
+                              needs_dA=needs_dA, needs_dB=needs_dB, compute_dy_rowsq=True)
+        assert rel_err(grads.dy_rowsq, want) < FP32_RTOL
+        assert (grads.dx is None) != needs_dx and (grads.dA is None) != needs_dA and (grads.dB is None) != needs_dB
+
+
+def test_non_contiguous_bias_is_read_through_its_stride():
+    x, W, b, A, B, dy = make_inputs(40, 64, 48, 4, torch.float32, True, seed=16)
+    strided = torch.stack([b, -b], dim=1).reshape(-1)[::2]  # same values, stride 2
+    assert not strided.is_contiguous() and torch.equal(strided, b)
+    y, _ = TA.triton_lora_linear(x, W, strided, A, B, SCALING)
+    assert rel_err(y, reference(x, W, b, A, B, dy, SCALING)[0]) < FP32_RTOL
+
+
+def test_tuner_benchmarks_once_per_m_bucket_and_pins_with_the_env_var(monkeypatch):
+    """Token counts in one power-of-two bucket share a tuned config; ACT_LORA_TRITON_AUTOTUNE=0 runs the
+    first config the kernel's own prune keeps, without benchmarking."""
+    configs = utils.GEMM_CONFIGS_16 + utils.GEMM_CONFIGS_32
+    timings = {c: float(i) for i, c in enumerate(reversed(configs))}  # the last config is the fastest
+    benched = []
+
+    def fake_bench(fn, **_):
+        benched.append(fn.args[0])
+        return timings[fn.args[0]]
+
+    monkeypatch.setattr(utils.triton.testing, "do_bench", fake_bench)
+    tuner = utils.ConfigTuner(configs, lambda cs, *, F32_DOT: [c for c in cs if (c in utils.GEMM_CONFIGS_32) == F32_DOT])
+    launch = lambda config: None  # noqa: E731
+    monkeypatch.delenv(utils.AUTOTUNE_ENV_VAR, raising=False)
+    for tokens in (3000, 4096, 2049):
+        picked = tuner.pick((utils.m_bucket(tokens), 512), launch, F32_DOT=False)
+    assert utils.m_bucket(3000) == utils.m_bucket(2049) == 4096
+    assert picked == utils.GEMM_CONFIGS_16[-1] and sorted(map(id, benched)) == sorted(map(id, utils.GEMM_CONFIGS_16))
+    tuner.pick((utils.m_bucket(5000), 512), launch, F32_DOT=False)
+    assert len(benched) == 2 * len(utils.GEMM_CONFIGS_16)  # a new bucket tunes again
+    monkeypatch.setenv(utils.AUTOTUNE_ENV_VAR, "0")
+    assert tuner.pick((utils.m_bucket(3000), 512), launch, F32_DOT=False) == utils.GEMM_CONFIGS_16[0]
+    assert tuner.pick((utils.m_bucket(3000), 512), launch, F32_DOT=True) == utils.GEMM_CONFIGS_32[0]
+    assert len(benched) == 2 * len(utils.GEMM_CONFIGS_16)
+
+
+def test_each_gemm_prunes_its_own_configs():
+    """The rules that keep every surviving config free of spills in the sm_90 compile check."""
+    from act_lora_fast.kernels.triton.backward import prune_dx_configs
+    from act_lora_fast.kernels.triton.forward import prune_forward_configs
+
+    everything = utils.GEMM_CONFIGS_16 + utils.GEMM_CONFIGS_32
+    per_thread = lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] // (32 * c.num_warps)  # noqa: E731
+    assert prune_forward_configs(everything, F32_DOT=False, BLOCK_R=16) == utils.GEMM_CONFIGS_16  # never drops
+    assert prune_forward_configs(everything, F32_DOT=True, BLOCK_R=32) == utils.GEMM_CONFIGS_32
+    wide = prune_forward_configs(everything, F32_DOT=False, BLOCK_R=64)
+    assert wide and all(per_thread(c) <= 64 for c in wide) and len(wide) < len(utils.GEMM_CONFIGS_16)
+    assert prune_dx_configs(everything, F32_DOT=False, HAS_DROPOUT=False, BLOCK_R=16) == utils.GEMM_CONFIGS_16
+    with_dropout = prune_dx_configs(everything, F32_DOT=False, HAS_DROPOUT=True, BLOCK_R=16)
+    assert with_dropout and all(per_thread(c) <= 64 for c in with_dropout)
+    both = prune_dx_configs(everything, F32_DOT=False, HAS_DROPOUT=True, BLOCK_R=64)
+    assert both and all(per_thread(c) <= 64 and c.num_warps == 8 for c in both)
+    # The pinned default (ACT_LORA_TRITON_AUTOTUNE=0) survives every 16-bit prune.
+    assert utils.GEMM_CONFIGS_16[0] in wide and utils.GEMM_CONFIGS_16[0] in both
+
+
+@pytest.mark.parametrize("r", [8, 64], ids=["fused-dy-pass", "separate-row-pass"])
+def test_backward_is_deterministic_and_matches_with_either_dy_pass(r):
+    """At small ranks dy·B, dB and Σdy² come from one read of dy (partials per column block and per row
+    split), at larger ranks from two; both give the float64 gradients, bit-identically on every run."""
+    T, K, N = 3 * 41, 100, 130  # several column blocks and row splits
+    x, W, b, A, B, dy = make_inputs(T, K, N, r, torch.float32, True, seed=17)
+    fwd = lora_forward(x, weight=W, bias=b, lora_A=A, lora_B=B, scaling=SCALING)
+    kwargs = dict(weight=W, x=x, lora_A=A, lora_B=B, xa=fwd.xa, scaling=SCALING, needs_dA=True, needs_dB=True,
+                  compute_dy_rowsq=True)
+    first, second = lora_backward(dy, **kwargs), lora_backward(dy, **kwargs)
+    assert all(torch.equal(u, v) for u, v in zip(first, second))
+    _, _, (dx_r, dA_r, dB_r) = reference(x, W, b, A, B, dy, SCALING)
+    for name, got, want in zip(("dx", "dA", "dB"), first[:3], (dx_r, dA_r, dB_r)):
+        assert rel_err(got, want) < FP32_RTOL, name
+    assert rel_err(first.dy_rowsq, dy.double().cpu().square().sum(1)) < FP32_RTOL
