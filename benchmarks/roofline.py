@@ -6,11 +6,11 @@
 
 Contenders (the launches are read from the code, one row per CUDA kernel or cuBLAS call):
 - ``floor``: the frozen ``nn.Linear`` (cuBLAS forward addmm + the dx GEMM): what any LoRA must pay.
-- ``triton``: our Triton path as the kernels in ``act_lora_fast/kernels/triton_{forward,backward}.py`` launch it
-  (shrink + rowsq, forward GEMM with the expand in its epilogue; dy·B, dx GEMM with s·dyB·A in its epilogue,
-  split-T dA and dB partials, their torch sums/copies, the two ``torch.zeros`` of dA and dB).
-- ``triton_fused_dy``: the issue's planned backward (dy·B and dB in one pass over dy, partials summed straight
-  into the gradients' dtype, no zero-fills): what the rewrite should reach.
+- ``triton``: our Triton path with a separate dy·B pass (``act_lora_fast/kernels/triton/{forward,backward}.py``
+  at ranks > 32): shrink + rowsq, forward GEMM with the expand in its epilogue; dy·B, dx GEMM with s·dyB·A in its
+  epilogue, split-T dA and dB partials and their sums.
+- ``triton_fused_dy``: dy·B and dB in one pass over dy, partials summed straight into the gradients' dtype: what
+  the kernels do at ranks <= 32 since the kernels rewrite (commit b29c46b).
 - ``hybrid``: the issue's planned torch path on CUDA: cuBLAS for both big GEMMs, fused Triton kernels for the
   rank-r passes; the expand and dx's LoRA term are rank-r cuBLAS updates (beta = 1: a read + write of y, dx).
 - ``torch``: our torch path (``kernels/torch_fused.py``) run on CUDA as it is: cuBLAS GEMMs plus torch ops.
@@ -52,7 +52,7 @@ DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float1
 ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 FP32 = 4
 BACKENDS = ("triton", "triton_fused_dy", "hybrid", "torch")
-# Block sizes of the Triton skinny reductions (kernels/triton_backward.py: RED_BLOCK_T, RED_BLOCK_C).
+# Block sizes of the Triton skinny reductions (kernels/triton/backward.py).
 RED_BLOCK_T = RED_BLOCK_C = 64
 
 
@@ -78,7 +78,7 @@ def _cdiv(a, b):
 
 
 def split_t(T, n_col_blocks, num_sms=H200_SMS):
-    """The number of split-T partials the Triton dA / dB kernels write (kernels/triton_backward.py::_split_t)."""
+    """The number of split-T partials the Triton dA / dB kernels write (kernels/triton/backward.py)."""
     row_blocks = _cdiv(T, RED_BLOCK_T)
     splits = max(1, min(row_blocks, (2 * num_sms) // max(1, n_col_blocks)))
     rows_per_split = _cdiv(row_blocks, splits) * RED_BLOCK_T
