@@ -188,7 +188,7 @@ def torch_launches(T, K, N, R, e, bias, dropout, rowsq, dtype):
     bwd = []
     if dropout > 0:
         bwd += _torch_mask_launches(T, K, e, "backward")
-    if merged or T > K:  # stacks_b_beside_w
+    if (merged or T > K) and K <= N:  # stacks_b_beside_w
         bwd.append(Launch("cat [W, B]", "backward", "torch", 0, (N * K + N * R + N * (K + R)) * e))
         if merged:
             bwd.append(Launch("addmm_ W' = W + s·B·A (in the stack)", "backward", "cublas", 2 * N * K * R,

@@ -115,14 +115,18 @@ def _dx_and_dyB(dy, weight, lora_B, merge_A=None, scaling=1.0):
     return both[:, :k_in], both[:, k_in:]
 
 
-def stacks_b_beside_w(num_tokens, k_in, merged):
+def stacks_b_beside_w(num_tokens, k_in, n_out, merged):
     """Whether backward gets dy·B from the dx GEMM against [W, B] rather than from a GEMM of its own.
 
     Merged, the transient weight is built anyway. Otherwise stacking copies W (out × in) to save a pass
     over dy (T × out): worth it when T > in. Measured: a 4096 × 4096 layer with 2,048 tokens 1.059 → 1.025
     of the floor without stacking; 4,096 tokens through 384 → 1536 with dropout 1.318 → 1.285 with it.
+    Never when in > out: the stacked GEMM returns dx as a strided view, which slows the op that consumes it
+    (an FFN output layer's dx feeds GELU's backward: 1.8× slower), while dy is narrow there and a separate
+    dy·B costs no more than the extra columns (MiniLM step, all six blocks: 1.058 → 1.053 of the floor,
+    benchmarks/results/notes_bench_helper.md).
     """
-    return merged or num_tokens > k_in
+    return (merged or num_tokens > k_in) and k_in <= n_out
 
 
 def fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=0.0, seed=0, compute_rowsq=False,
@@ -184,7 +188,9 @@ class TorchFusedLoRA(torch.autograd.Function):
         if p > 0.0 and (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
             keep = dropout_keep_mask((dy.shape[0], lora_A.shape[1]), p, ctx.seed, dy.device, dy.dtype)
         dx = dA = dB = None
-        if ctx.needs_input_grad[0] and stacks_b_beside_w(dy.shape[0], weight.shape[1], ctx.merged):
+        stacked = ctx.needs_input_grad[0] and stacks_b_beside_w(dy.shape[0], weight.shape[1], weight.shape[0],
+                                                                ctx.merged)
+        if stacked:
             dx, dyB = _dx_and_dyB(dy, weight, lora_B, merge_A=lora_A if ctx.merged else None, scaling=s)
         else:
             if ctx.needs_input_grad[0]:
@@ -193,7 +199,7 @@ class TorchFusedLoRA(torch.autograd.Function):
             dyB = dy @ lora_B if ctx.needs_input_grad[0] or ctx.needs_input_grad[3] else None
         if dyB is not None:
             dyB.mul_(s)  # s·dy·B, T × r: scaled once for both dx and dA
-        if dx is not None and not ctx.merged:
+        if dx is not None and not (stacked and ctx.merged):  # the merged stack already holds dx's LoRA term
             if keep is None:
                 dx.addmm_(dyB, lora_A)
             else:
