@@ -137,15 +137,26 @@ def run_select(args):
         from ..model.hf import resolve_model_path
         from ..model.inject import count_lora_parameters
 
+        from ..model.anatomy import find_blocks
+
         model = AutoModel.from_pretrained(resolve_model_path(args.model))
-        chosen = count_lora_parameters(model, layers, r=args.r)
-        everything = count_lora_parameters(model, None, r=args.r)
+        stack = find_blocks(model, _block_path_for(model, scores.block_path))
+        if len(stack) != len(scores):
+            raise ValueError(f"--model {args.model} has {len(stack)} blocks (at {stack.path}), but {args.scores} "
+                             f"scores {len(scores)}: the scores come from another model")
+        chosen = count_lora_parameters(model, layers, r=args.r, blocks=stack.path)
+        everything = count_lora_parameters(model, None, r=args.r, blocks=stack.path)
     else:
         print("(no module shapes in the scores file: pass --model to count parameters)")
         return 0
     print(f"LoRA parameters at r={args.r}: {chosen:,} vs {everything:,} on all blocks "
           f"({chosen / everything:.1%}; saving {1 - chosen / everything:.1%})")
     return 0
+
+
+def _block_path_for(model, recorded):
+    """The scores file's block path when `model` has a module there, else None (the anatomy finds it)."""
+    return recorded if recorded and recorded in dict(model.named_modules()) else None
 
 
 def run_stability(args):

@@ -139,7 +139,7 @@ def run_demo(config=None, *, quiet=False):
     base = TrainConfig(model=model_path, task=data.task,
                        output_dir=None, epochs=config.epochs, batch_size=config.batch_size,
                        max_seq_len=config.max_seq_len, seed=config.seed,
-                       progress=config.progress)
+                       progress=config.progress, overwrite=True)  # the demo's folder is the demo's own
     # Profile once here to show the ranking; the runs below reuse this profile.
     set_seed(config.seed)
     model, tokenizer = load_classifier(model_path, num_labels=data.task.num_labels)
