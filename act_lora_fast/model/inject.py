@@ -131,7 +131,8 @@ def apply_act_lora(model, layers, *, target_modules=None, r=8, alpha=16, dropout
         for param in module.parameters():
             param.requires_grad_(True)
     inner.act_lora_config = ActLoRAConfig(
-        r=r, alpha=alpha, dropout=float(dropout), target_modules=_resolved_targets(target_modules, chosen, inner, stack.path),
+        r=r, alpha=alpha, dropout=float(dropout),
+        target_modules=_resolved_targets(target_modules, chosen, inner, stack.path),
         layers=layers, block_path=stack.path, layers_pattern=stack.layers_pattern,
         modules_to_save=modules_to_save)
     if verbose:

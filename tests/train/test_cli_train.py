@@ -101,7 +101,7 @@ def test_compare_refuses_an_earlier_compare_before_any_run(capsys, tmp_path):
     out = tmp_path / "cmp"
     (out / "activation-50pct").mkdir(parents=True)
     (out / "activation-50pct" / "report.json").write_text("{}")
-    argv = ["compare", "--task", "sst2", "--fractions", "0.5", "--baselines", "", "--model", "no-such-org/no-such-model",
-            "--output-dir", str(out)]
+    argv = ["compare", "--task", "sst2", "--fractions", "0.5", "--baselines", "",
+            "--model", "no-such-org/no-such-model", "--output-dir", str(out)]
     code, err = _run(capsys, argv)
     assert code == 2 and "activation-50pct" in _one_line(err) and "--overwrite" in err
