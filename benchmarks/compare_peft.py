@@ -13,8 +13,10 @@ import sys
 
 import torch
 
-from act_lora_fast.scaling import (BenchSettings, compare_with_peft, format_peft_table, load_base_model,
-                                   resolve_device, synthetic_batch, write_json)
+from act_lora_fast._io import write_json
+from act_lora_fast.measure.harness import BenchSettings, resolve_device, synthetic_batch
+from act_lora_fast.measure.vs_peft import compare_with_peft, format_peft_table
+from act_lora_fast.model.hf import load_classifier
 
 
 def bert_large_random(seed=0):
@@ -52,7 +54,7 @@ def main(argv=None):
     if args.model == "bert-large-random":
         model, tokenizer = bert_large_random(), None
     else:
-        model, tokenizer = load_base_model(args.model)
+        model, tokenizer = load_classifier(args.model, require_tokenizer=False)
     device = resolve_device(args.device)
     batch = synthetic_batch(model, args.batch_size, args.seq_len, device=device)
     settings = BenchSettings(r=args.r, alpha=2 * args.r, target_modules="all-linear", steps=args.steps,

@@ -32,7 +32,7 @@ def main(argv=None):
         # Bad input already carries a message naming the problem; a traceback would only bury it. OSError:
         # missing or unreadable paths, and Hugging Face's "model not found (offline, not cached)" errors.
         # FloatingPointError: a diverging loss (the message says where and what to change).
-        print(f"act-lora {args.command}: error: {err}", file=sys.stderr)
+        print(f"act-lora {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print(f"act-lora {args.command}: interrupted", file=sys.stderr)

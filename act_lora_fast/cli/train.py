@@ -1,4 +1,5 @@
 """Subcommands `train`, `compare` and `demo` (the logic lives in `act_lora_fast.train`)."""
+import argparse
 import os
 
 from .. import _dist
@@ -7,6 +8,14 @@ from ..model.hf import resolve_model_path
 from ..train.compare import BASELINES
 from ..train.config import PRECISIONS, SELECTIONS, TrainConfig
 from ._args import csv_floats, csv_list
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes the option as given on the command line (``args.given``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", set()) | {self.dest}
 
 
 def _add_run_options(parser):
@@ -22,10 +31,10 @@ def _add_run_options(parser):
     data.add_argument("--calibration-samples", type=int, default=256,
                       help="training examples profiled to rank the blocks (default 256)")
     lora = parser.add_argument_group("adapter")
-    # default None: "not given", so that --resume-from can tell a conflicting value from a default
-    lora.add_argument("--r", "--rank", dest="r", type=int, help="LoRA rank (default 8)")
-    lora.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
-    lora.add_argument("--dropout", type=float, help="dropout on the LoRA branch (default 0)")
+    # _Given records the options typed, so that --resume-from can tell a conflicting value from a default
+    lora.add_argument("--r", "--rank", dest="r", type=int, default=8, action=_Given)
+    lora.add_argument("--alpha", type=float, default=16, action=_Given)
+    lora.add_argument("--dropout", type=float, default=0.0, action=_Given)
     lora.add_argument("--target-modules", help="comma-separated module names, or 'all-linear' "
                                                "(default: the architecture's attention and MLP linears)")
     lora.add_argument("--modules-to-save", help="comma-separated modules trained in full "
@@ -60,10 +69,10 @@ def _add_run_options(parser):
 
 
 def _config_from_args(args, **overrides):
-    lora = {name: getattr(args, name) for name in ("r", "alpha", "dropout") if getattr(args, name) is not None}
     values = dict(
         model=resolve_model_path(args.model), task=args.task, data_dir=args.data_dir,
-        output_dir=args.output_dir, calibration_samples=args.calibration_samples, **lora,
+        output_dir=args.output_dir, calibration_samples=args.calibration_samples, r=args.r, alpha=args.alpha,
+        dropout=args.dropout,
         target_modules=(args.target_modules if args.target_modules in (None, "all-linear")
                         else csv_list(args.target_modules)),
         modules_to_save=csv_list(args.modules_to_save) if args.modules_to_save else None,
@@ -91,7 +100,7 @@ def _train(args):
     saved = _check_resume_options(args) if args.resume_from else {}
     config = _config_from_args(args, selection=args.selection, k=args.k, fraction=args.fraction,
                                cumulative=args.cumulative, resume_from=args.resume_from,
-                               **{k: v for k, v in saved.items() if getattr(args, k) is None})
+                               **{k: v for k, v in saved.items() if k not in getattr(args, "given", ())})
     try:
         report = train(config).report
     finally:
@@ -122,7 +131,7 @@ def _check_resume_options(args):
     saved = {"r": adapter["r"], "alpha": adapter["lora_alpha"], "dropout": adapter.get("lora_dropout", 0.0)}
     for name, value in saved.items():
         given = getattr(args, name)
-        if given is not None and given != value:
+        if name in getattr(args, "given", ()) and given != value:
             raise ValueError(f"--{name} {given:g} conflicts with the adapter in --resume-from {args.resume_from} "
                              f"({name}={value:g}); a resumed run trains the adapter as saved: drop --{name}")
     return saved
@@ -136,7 +145,7 @@ def _compare(args):
 
     tasks = csv_list(args.task)
     if not tasks:
-        raise ValueError(f"--task {args.task!r} names no task; give one or more, comma-separated (e.g. rte,mrpc)")
+        raise ValueError("--task needs at least one task name")  # main reports it: exit 2, one line
     fractions, baselines = csv_floats(args.fractions), csv_list(args.baselines)
     for task in tasks:  # every task's config and folder checked before the first run starts
         output_dir = os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir

@@ -97,15 +97,6 @@ def resolve_device(device="auto"):
     return device
 
 
-def resolve_device(device="auto"):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} requested but CUDA is not available")
-    return device
-
-
 # ---------------------------------------------------------------------------------------------- inputs
 def synthetic_batch(model, batch_size, seq_len, *, num_labels=2, seed=0, device=None):
     """A full (unpadded) batch of random token ids with labels: a fixed shape is what cost depends on."""

@@ -40,17 +40,12 @@ def peft_matches(config, name):
     if any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in modules_to_save):
         return False  # PEFT never puts an adapter inside a module it saves whole
     exclude = config.get("exclude_modules")
-    if exclude:
-        if isinstance(exclude, str) and re.fullmatch(exclude, name):
-            return False
-        if not isinstance(exclude, str) and (name in exclude or any(name.endswith("." + e) for e in exclude)):
-            return False
+    if exclude and matches_target(name, exclude):
+        return False
     targets = config["target_modules"]
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    if name in targets:
-        return True
-    if not any(name.endswith("." + t) for t in targets):
+    if isinstance(targets, str) or name in targets:  # a regex or an exact name ignores layers_to_transform
+        return matches_target(name, targets)
+    if not matches_target(name, targets):
         return False
     layers = config.get("layers_to_transform")
     if layers is None or (isinstance(layers, list) and not layers):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import act_lora_fast as A
 from act_lora_fast.data.glue import (GLUE_TASKS, Example, GlueFormatError, TokenizedDataset, compute_metrics,
                                       f1_score, get_task, glue_average, hub_reachable, load_glue,
                                       matthews_correlation, read_glue_tsv, task_score)
@@ -256,6 +257,11 @@ def test_real_glue_files_have_the_official_sizes():
     assert sum(e.label for e in mrpc.train) == 2474  # GLUE's published label balance
     assert all(isinstance(e.text_b, str) and e.text_b for e in mrpc.eval["dev"])
     assert math.isclose(load_glue("stsb", GLUE_DIR).train[0].label, 5.0)
+
+
+def test_load_glue_data_dir_type():
+    with pytest.raises(TypeError, match="data_dir must be a folder path"):
+        A.load_glue("sst2", 5)
 
 
 # ---------------------------------------------------------------------------------------------- issue 10

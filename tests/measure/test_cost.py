@@ -7,7 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import act_lora_fast as A
 from act_lora_fast import select_layers
+from act_lora_fast.measure import cost as cost_module
 from act_lora_fast.measure.cost import (CostModel, calibrate_cost_model, default_calibration, estimate_cost,
                                 select_within_budget)
 from act_lora_fast.measure.harness import BenchSettings, synthetic_batch
@@ -184,3 +186,67 @@ def test_calibrated_memory_predictions_hold_on_unseen_selections():
         estimate_cost(tiny_bert(layers=2), [0], cost_model=cost_model)
     with pytest.raises(ValueError, match="unused"):
         estimate_cost(model, [0], cost_model=cost_model, rounds=3)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+IDS = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(0))
+BATCH = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "labels": torch.tensor([0, 1])}
+
+
+@pytest.mark.parametrize("fields, error, match", [
+    ({"adapter_weights": "abc"}, TypeError, "adapter_weights must be a list of 3 numbers"),
+    ({"depth_weights": 5}, TypeError, "depth_weights must be a list of 3 numbers"),
+    ({"coefficients": [1, 2]}, TypeError, "coefficients must be a dict"),
+    ({"coefficients": {"step_ms": 5}}, ValueError, "coefficients must map targets"),
+    ({"coefficients": {"step_ms": ["a", "b", "c"]}}, ValueError, "coefficients must map targets"),
+])
+def test_cost_model_fields(fields, error, match):
+    with pytest.raises(error, match=match):
+        A.CostModel(3, **fields)
+
+
+def test_cost_model_files(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory; expected a cost model JSON file"):
+        A.CostModel.load(tmp_path)
+    with pytest.raises(TypeError, match="path must be a file path"):
+        A.CostModel.load(None)
+    (tmp_path / "cm.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"cm\.json: not UTF-8 text"):
+        A.CostModel.load(tmp_path / "cm.json")
+    (tmp_path / "coef.json").write_text(json.dumps({"num_blocks": 3, "coefficients": [1]}))
+    with pytest.raises(TypeError, match=r"coef\.json: coefficients must be a dict"):
+        A.CostModel.load(tmp_path / "coef.json")
+    with pytest.raises(IsADirectoryError, match="is a directory; expected a file path"):
+        A.CostModel(3).save(tmp_path)
+
+
+@pytest.mark.parametrize("method, points, error, match", [
+    ("fit", {"layers": [0]}, TypeError, "points must be a list of dicts"),
+    ("fit", [{"layers": [0], "step_ms": "x"}], TypeError, "calibration point 0: step_ms must be a number"),
+    ("validate", [[0]], TypeError, "calibration point 0 must be a dict"),
+])
+def test_cost_model_points(method, points, error, match):
+    model = A.CostModel(3).fit([{"layers": [0], "step_ms": 10}, {"layers": [2], "step_ms": 5}])
+    with pytest.raises(error, match=match):
+        getattr(model, method)(points)
+
+
+def test_estimate_cost_checks_layers_before_calibrating(monkeypatch):
+    def calibrate(*args, **kwargs):
+        raise AssertionError("calibrated before checking layers")
+
+    monkeypatch.setattr(cost_module, "calibrate_cost_model", calibrate)
+    with pytest.raises(ValueError, match="block index 99 does not exist"):
+        A.estimate_cost(tiny_bert().eval(), [99])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"settings": {"r": 4}}, TypeError, "settings must be a BenchSettings, got dict"),
+    ({"batch": [BATCH]}, TypeError, "batch must be a dict of tensors"),
+    ({"batch": {"input_ids": IDS}}, ValueError, "batch needs a 'labels' tensor"),
+    ({"batch": {"input_ids": IDS[0], "labels": BATCH["labels"]}}, ValueError,
+     r"batch\['input_ids'\] must be a non-empty \(batch, sequence\) integer tensor"),
+])
+def test_calibrate_cost_model_checks_settings_and_batch(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        A.calibrate_cost_model(tiny_bert().eval(), progress=False, rounds=1, **kwargs)

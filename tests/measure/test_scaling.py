@@ -6,7 +6,9 @@ import pytest
 import torch
 from scipy import stats
 
+import act_lora_fast as A
 from act_lora_fast.cli import main as cli_main
+from act_lora_fast.measure import vs_peft as vs_peft_module
 from act_lora_fast.measure.cost import CostModel
 from act_lora_fast.measure.harness import (BenchSettings, Variant, build_variant, measure_training_steps,
                                           synthetic_batch)
@@ -190,3 +192,44 @@ def test_bad_configs():
         synthetic_batch(tiny_bert(), 2, 40)  # beyond max_position_embeddings
     with pytest.raises(ValueError, match="unknown implementation"):
         build_variant(tiny_bert(), Variant((0,), "loralib"), BenchSettings())
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+IDS = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(0))
+BATCH = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "labels": torch.tensor([0, 1])}
+
+
+@pytest.mark.parametrize("fields, error, match", [
+    ({"ks": 5}, TypeError, "ks must be a list of ints"),
+    ({"rounds": 0}, ValueError, "rounds must be an int >= 1, got 0"),
+    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+    ({"seq_len": "64"}, TypeError, "seq_len must be an int >= 1"),
+    ({"settings": {}}, TypeError, "settings must be a BenchSettings"),
+])
+def test_scaling_config_fields(fields, error, match):
+    with pytest.raises(error, match=match):
+        A.ScalingConfig(**fields)
+
+
+def test_run_scaling_argument_types():
+    with pytest.raises(TypeError, match="config must be a ScalingConfig, got str"):
+        A.run_scaling("minilm")
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        A.run_scaling(A.ScalingConfig(placements=("top",), ks=(1, 2)), model="bert")
+
+
+@pytest.mark.parametrize("batch, kwargs, error, match", [
+    (BATCH, {"fraction": "0.5"}, TypeError, r"fraction must be a number, got '0.5'"),
+    (BATCH, {"ranking": [0, 0, 1]}, ValueError, "ranking must be a permutation of the blocks 0..2"),
+    (BATCH, {"settings": {"r": 4}}, TypeError, "settings must be a BenchSettings"),
+    ([BATCH], {}, TypeError, "batch must be a dict of tensors"),
+])
+def test_compare_with_peft_checks_before_measuring(monkeypatch, batch, kwargs, error, match):
+    def measure(*args, **kw):
+        raise AssertionError("measured before checking the arguments")
+
+    # vs_peft imports measure_variants by name: patch the name it calls (patching harness would not catch a
+    # check that moved after the measurement)
+    monkeypatch.setattr(vs_peft_module, "measure_variants", measure)
+    with pytest.raises(error, match=match):
+        A.compare_with_peft(tiny_bert().eval(), batch, **{"ranking": [0, 1, 2], "progress": False, **kwargs})

@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 from torch import nn
-from tests.models import minilm_path, tiny_model, token_batch  # noqa: F401
+from tests.models import minilm_path, tiny_bert, tiny_model, token_batch  # noqa: F401
 
+import act_lora_fast as A
 from act_lora_fast import LayerScores, apply_act_lora, profile_activations, profile_gradients
 from act_lora_fast.model.anatomy import target_linears
 from act_lora_fast.cli import main
@@ -282,3 +283,35 @@ def test_profile_and_select_commands(tmp_path, capsys):
     assert "exactly one of k, fraction or cumulative" in capsys.readouterr().err
     assert main(["profile", "minilm", "--text-file", str(tmp_path / "nope.txt")]) == 2
     assert "text file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+IDS = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(0))
+BATCH = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "labels": torch.tensor([0, 1])}
+
+
+@pytest.mark.parametrize("batch, error, match", [
+    ({"input_ids": IDS[0]}, ValueError, r"input_ids has shape \(5,\)"),
+    ({"input_ids": IDS[:, :0]}, ValueError, r"input_ids has shape \(2, 0\); expected a non-empty"),
+    ({"input_ids": IDS.tolist()}, TypeError, "input_ids must be a tensor"),
+    ({"input_ids": IDS.float()}, TypeError, "integer token ids, got dtype torch.float32"),
+    ({"input_ids": IDS + 97}, ValueError, "outside the model's vocabulary of 97"),
+    ({"input_ids": IDS, "attention_mask": torch.ones(5)}, ValueError, r"attention_mask has shape \(5,\)"),
+])
+@pytest.mark.parametrize("profile", ["activations", "gradients"])
+def test_profilers_check_the_tokens(profile, batch, error, match):
+    batch = {**batch, "labels": torch.tensor([0, 1])}
+    with pytest.raises(error, match=match):
+        if profile == "activations":
+            A.profile_activations(tiny_bert().eval(), [batch], progress=False)
+        else:
+            A.profile_gradients(tiny_bert().eval(), [batch], progress=False)
+
+
+@pytest.mark.parametrize("labels, error, match", [
+    (torch.tensor([5, 0]), ValueError, r"holds class 5, but the model has num_labels=2"),
+    ("positive", TypeError, r"batch\['labels'\] must be a tensor or a list of numbers"),
+])
+def test_profile_gradients_checks_labels(labels, error, match):
+    with pytest.raises(error, match=match):
+        A.profile_gradients(tiny_bert().eval(), [{**BATCH, "labels": labels}], progress=False)

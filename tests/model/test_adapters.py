@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tests.models import minilm_path, tiny_model, token_batch  # noqa: F401
+from tests.models import minilm_path, tiny_bert, tiny_model, token_batch  # noqa: F401
 
+import act_lora_fast as A
 from act_lora_fast import apply_act_lora, load_adapter, save_adapter
 from act_lora_fast.model.inject import lora_modules
 
@@ -170,6 +171,49 @@ def test_save_needs_an_adapter_and_leaves_no_temp_files(tmp_path):
     layer.merge()
     with pytest.raises(ValueError, match="is merged"):
         save_adapter(model, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("adapter") / "ad"
+    A.save_adapter(A.apply_act_lora(tiny_bert().eval(), [0, 2], modules_to_save=["classifier"], verbose=False),
+                   path)
+    return path
+
+
+def test_save_adapter_paths(tmp_path):
+    model = A.apply_act_lora(tiny_bert().eval(), [0], verbose=False)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file; save_adapter writes a folder"):
+        A.save_adapter(model, tmp_path / "file.txt")
+    with pytest.raises(TypeError, match="path must be a folder path"):
+        A.save_adapter(model, None)
+    with pytest.raises(TypeError, match="base_model_name_or_path must be a str or None"):
+        A.save_adapter(model, tmp_path / "half", base_model_name_or_path=object())
+    assert not (tmp_path / "half").exists()  # nothing half-written
+
+
+def test_load_adapter_paths(adapter_dir):
+    with pytest.raises(NotADirectoryError, match="is a file; pass the adapter folder"):
+        A.load_adapter(tiny_bert().eval(), adapter_dir / "adapter_config.json")
+    with pytest.raises(TypeError, match="path must be an adapter folder path"):
+        A.load_adapter(tiny_bert().eval(), None)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("target_modules", "["), ("exclude_modules", "("), ("exclude_modules", 5), ("layers_to_transform", "ab"),
+    ("layers_to_transform", ["0"]), ("layers_pattern", 5), ("modules_to_save", "classifier"),
+    ("modules_to_save", [3]), ("use_rslora", "yes"),
+])
+def test_load_adapter_checks_config_fields(adapter_dir, tmp_path, key, value):
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, key: value}))
+    (tmp_path / "adapter_model.safetensors").write_bytes((adapter_dir / "adapter_model.safetensors").read_bytes())
+    model = tiny_bert().eval()
+    with pytest.raises(ValueError, match=rf"adapter_config\.json: {key}"):
+        A.load_adapter(model, tmp_path)
+    assert not hasattr(model, "act_lora_config")
 
 
 # ---------------------------------------------------------------------------------------------- issue 10

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-from tests.models import tiny_model, token_batch  # noqa: F401
+from tests.models import tiny_bert, tiny_model, token_batch  # noqa: F401
 
+import act_lora_fast as A
 from act_lora_fast import apply_act_lora
 from act_lora_fast.model.anatomy import Conv1DAsLinear, target_linears
 from act_lora_fast.model.inject import ActLoRAConfig, count_lora_parameters, lora_modules, remove_act_lora
@@ -145,6 +146,11 @@ def test_every_backend_gives_the_same_model_and_gradients(kind):
         assert grads.keys() == grads_ref.keys()
         for name, grad in grads.items():
             torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-6, msg=f"{backend}: {name}")
+
+
+def test_apply_act_lora_modules_to_save_type():
+    with pytest.raises(TypeError, match="modules_to_save must be a module name or a list of them, got int"):
+        A.apply_act_lora(tiny_bert().eval(), [0], modules_to_save=5, verbose=False)
 
 
 def test_new_layers_take_the_models_train_or_eval_mode():

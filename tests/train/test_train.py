@@ -5,17 +5,19 @@ import os
 import pytest
 import torch
 
+import act_lora_fast as A
 from act_lora_fast import select_layers
 from act_lora_fast.cli import main as cli_main
 from act_lora_fast.layer import FastActLoRALinear
 from act_lora_fast.train.compare import format_table, run_compare, summarize, variant_configs
 from act_lora_fast.train.demo import synthetic_sentiment
-from act_lora_fast.data.glue import TokenizedDataset, compute_metrics, load_glue
+from act_lora_fast.data.glue import Example, TokenizedDataset, compute_metrics, load_glue
 from act_lora_fast.train.distributed import LengthGroupedBatchSampler
 from act_lora_fast.model.hf import load_classifier
 from act_lora_fast.train.config import TrainConfig
 from act_lora_fast.train.evaluate import evaluate
 from act_lora_fast.train.loop import _build_optimizer, train
+from tests.models import tiny_bert
 
 GLUE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "glue")
 HAS_GLUE = os.path.isdir(os.path.join(GLUE_DIR, "SST-2"))
@@ -298,6 +300,48 @@ def test_loraplus_gives_lora_b_its_own_learning_rate(tiny_model):
     assert {g["initial_lr"] for g in plain.param_groups} == {1e-3}
     with pytest.raises(ValueError, match="loraplus_lr_ratio"):
         TrainConfig(model=tiny_model, loraplus_lr_ratio=0)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_finetune_argument_types():
+    config = A.TrainConfig(model="m", progress=False)
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        A.finetune(config, model="m", tokenizer="t")
+    with pytest.raises(TypeError, match="layer_scores must be a dict"):
+        A.finetune(config, layer_scores=[1])
+
+
+class _Tokenizer:
+    pad_token_id = 0
+
+    def __call__(self, texts_a, texts_b=None, truncation=True, max_length=None):
+        return {"input_ids": [[1, 2, 3] for _ in texts_a], "attention_mask": [[1, 1, 1] for _ in texts_a]}
+
+
+@pytest.mark.parametrize("model, eval_sets, kwargs, error, match", [
+    ("m", None, {}, TypeError, r"model must be a torch\.nn\.Module"),
+    (None, [1], {}, TypeError, r"eval_sets must be a dict \{split name: TokenizedDataset\}, got list"),
+    (None, {}, {}, ValueError, "eval_sets is empty"),
+    (None, {"dev": [Example("a", None, 0)]}, {}, TypeError, r"eval_sets\['dev'\] must be a TokenizedDataset"),
+    (None, None, {"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+])
+def test_evaluate_arguments(model, eval_sets, kwargs, error, match):
+    model = tiny_bert().eval() if model is None else model
+    if eval_sets is None:
+        eval_sets = {"dev": TokenizedDataset([Example("a", None, 0), Example("b", None, 1)], _Tokenizer(), 16)}
+    with pytest.raises(error, match=match):
+        A.evaluate(model, eval_sets, "sst2", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fractions": 0.5}, "fractions must be a list, got 0.5"),
+    ({"baselines": "gradient"}, "baselines must be a list, got 'gradient'"),
+    ({"profiles": [1]}, "profiles must be a dict"),
+    ({"on_run": 5}, "on_run must be a callable"),
+])
+def test_run_compare_argument_types(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        A.run_compare(A.TrainConfig(model="m", progress=False), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- issue 10
