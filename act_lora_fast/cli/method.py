@@ -92,9 +92,13 @@ def run_profile(args):
     from ..method.profiling import profile_activations
     from ..model.hf import resolve_model_path
 
+    from ..train.outputs import check_output_dir
+
     for option, target in (("--out", args.out), ("--plot", args.plot)):
         if target and os.path.isdir(target):  # checked before profiling, not after it
             raise IsADirectoryError(f"{option} {target} is a directory; give a file path")
+        if target:  # its folder: not a file, writable
+            check_output_dir(os.path.dirname(os.path.abspath(target)), option=f"{option} {target}: folder")
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
@@ -161,6 +165,10 @@ def _block_path_for(model, recorded):
 
 def run_stability(args):
     from ..method.stability import stability_study
+    from ..train.outputs import check_output_dir
+
+    if args.out:
+        check_output_dir(args.out, option="--out")  # before the study, not after it
 
     summary = stability_study(model=args.model, data_dir=args.data_dir, tasks=args.tasks, seeds=args.seeds,
                               samples=args.samples, batch_size=args.batch_size, max_seq_len=args.max_seq_len,

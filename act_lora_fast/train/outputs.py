@@ -17,13 +17,18 @@ def check_output_dir(path, *, option="output_dir"):
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{option} {path} is a file, not a folder")
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise NotADirectoryError(f"{option} {path}: {ancestor} is a file, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".act-lora-write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise OSError(err.errno, f"{option} {path} is not a writable folder: {err.strerror}") from None
+        raise type(err)(f"{option} {path} is not a writable folder: {err.strerror or err}") from None
     return path
 
 

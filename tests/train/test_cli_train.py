@@ -105,3 +105,9 @@ def test_compare_refuses_an_earlier_compare_before_any_run(capsys, tmp_path):
             "--model", "no-such-org/no-such-model", "--output-dir", str(out)]
     code, err = _run(capsys, argv)
     assert code == 2 and "activation-50pct" in _one_line(err) and "--overwrite" in err
+
+
+def test_demo_output_dir_that_is_a_file_fails_first(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    code, err = _run(capsys, ["demo", "--output-dir", str(tmp_path / "f"), "--model", "no-such-org/no-such-model"])
+    assert code == 2 and "is a file" in _one_line(err)
