@@ -122,8 +122,9 @@ def _write_folder(path, write):
     """`write(folder)` into a temporary folder next to `path`, then swap it in as one unit.
 
     A reader (or a crash) never sees new weights beside an old config. When `path` holds other files than
-    the adapter's own two (a README, a model), they are kept: the two files are then replaced one by one
-    (weights first), and the fingerprint in the weights' metadata makes `load_adapter` refuse a mixed pair.
+    the adapter's own two (a README, a model), or is a symlink, it stays: the two files are then replaced one
+    by one (weights first), and the fingerprint in the weights' metadata makes `load_adapter` refuse a mixed
+    pair.
     """
     parent = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(os.path.abspath(path))
@@ -138,7 +139,7 @@ def _write_folder(path, write):
         if not os.path.exists(path):
             os.rename(staging, path)
             return
-        if set(os.listdir(path)) <= {CONFIG_NAME, WEIGHTS_NAME}:
+        if not os.path.islink(path) and set(os.listdir(path)) <= {CONFIG_NAME, WEIGHTS_NAME}:
             retired = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old")
             try:
                 os.rename(path, os.path.join(retired, name))

@@ -458,16 +458,12 @@ def _preflight(config):
 
 
 def _write_interrupted_report(config, run, stage, err):
-    """On Ctrl-C or an error, leave a ``report.json`` that says so (never an earlier run's)."""
-    if not config.output_dir or not _dist.is_main_process():
+    """On Ctrl-C or an error once training has started, leave a ``report.json`` that says so. A run stopped
+    during setup (loading, profiling) has written nothing, and leaves nothing: it can simply be run again."""
+    if not config.output_dir or not _dist.is_main_process() or run is None:
         return
     reason = "KeyboardInterrupt" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-    if run is not None:
-        report = run.progress_report(stage, reason)
-    else:
-        report = {"status": "interrupted", "reason": reason, "stage": stage, "task": str(config.task),
-                  "model": config.model, "epochs_completed": 0, "epochs_planned": config.epochs,
-                  "optimizer_steps": 0, "adapter_path": None, "config": dataclasses.asdict(config)}
+    report = run.progress_report(stage, reason)
     try:
         write_json(os.path.join(config.output_dir, "report.json"), report)
     except OSError:

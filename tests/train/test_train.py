@@ -399,6 +399,14 @@ def test_failed_run_names_the_error_in_its_report(tiny_model, sst2_dir, tmp_path
     assert "adapter" not in os.listdir(out)  # no epoch finished: no best adapter
 
 
+def test_run_that_fails_in_setup_leaves_nothing_and_can_be_run_again(tiny_model, sst2_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="GLUE data directory not found"):
+        train(_quick(tiny_model, str(tmp_path / "no-glue"), str(out)))
+    assert os.listdir(out) == []
+    assert train(_quick(tiny_model, sst2_dir, str(out))).report["status"] == "completed"
+
+
 @pytest.mark.parametrize("where", ["file", "under-a-file"])
 def test_bad_output_dir_is_found_before_any_work(tiny_model, sst2_dir, tmp_path, where):
     """Issue 10.13: a file (or a path under one) as output_dir fails first, not after training."""
