@@ -12,6 +12,13 @@ def _umask_mode():
     return 0o666 & ~umask
 
 
+def umask_mode(*, directory=False):
+    """The mode a new file (0644 under umask 022) or folder (0755) of this process gets."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path):
     """Yields a temporary path next to `path`; on success one ``os.replace`` puts it in place.

@@ -58,7 +58,7 @@ _RUN_DEFAULTS = dict(model="minilm", data_dir=None, max_train_samples=None, max_
                      backend="auto", epochs=3, batch_size=8, eval_batch_size=64, learning_rate=2e-3,
                      weight_decay=0.01, warmup_ratio=0.06, grad_accum_steps=1, max_grad_norm=1.0, precision="auto",
                      seed=0, group_by_length=False, eval_steps=None, loraplus_lr_ratio=None, device="auto",
-                     no_save_adapter=False, no_plots=False, no_progress=False)
+                     no_save_adapter=False, no_plots=False, no_progress=False, overwrite=False)
 _RUN_OPTIONS = [
     (["--model", "P"], {"model": "P"}),
     (["--data-dir", "D"], {"data_dir": "D"}),
@@ -89,6 +89,7 @@ _RUN_OPTIONS = [
     (["--loraplus-lr-ratio", "16"], {"loraplus_lr_ratio": 16.0}),
     (["--device", "cpu"], {"device": "cpu"}),
     (["--no-save-adapter"], {"no_save_adapter": True}),
+    (["--overwrite"], {"overwrite": True}),
     (["--no-plots"], {"no_plots": True}),
     (["--no-progress"], {"no_progress": True}),
 ]
@@ -398,7 +399,9 @@ def _called(monkeypatch, target, argv):
 
 
 def test_train_options_reach_the_train_config(monkeypatch, tmp_path):
-    (tmp_path / "ad").mkdir()
+    (tmp_path / "ad").mkdir()  # --resume-from's r/alpha/dropout must agree with the adapter's (else exit 2)
+    (tmp_path / "ad" / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["query"]}')
     call = _called(monkeypatch, "act_lora_fast.train.loop.train", [
         "train", "--model", str(tmp_path), "--task", "rte", "--data-dir", str(tmp_path), "--output-dir", "O",
         "--selection", "gradient", "--fraction", "0.5", "--resume-from", str(tmp_path / "ad"),

@@ -28,9 +28,13 @@ def main(argv=None):
         return 2
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
         # Bad input already carries a message naming the problem; a traceback would only bury it. OSError:
         # missing or unreadable paths, and Hugging Face's "model not found (offline, not cached)" errors.
+        # FloatingPointError: a diverging loss (the message says where and what to change).
         print(f"act-lora {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
+    except KeyboardInterrupt:
+        print(f"act-lora {args.command}: interrupted", file=sys.stderr)
+        return 130
 

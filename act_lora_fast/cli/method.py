@@ -92,9 +92,13 @@ def run_profile(args):
     from ..method.profiling import profile_activations
     from ..model.hf import resolve_model_path
 
+    from ..train.outputs import check_output_dir
+
     for option, target in (("--out", args.out), ("--plot", args.plot)):
         if target and os.path.isdir(target):  # checked before profiling, not after it
             raise IsADirectoryError(f"{option} {target} is a directory; give a file path")
+        if target:  # its folder: not a file, writable
+            check_output_dir(os.path.dirname(os.path.abspath(target)), option=f"{option} {target}: folder")
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
@@ -137,9 +141,15 @@ def run_select(args):
         from ..model.hf import resolve_model_path
         from ..model.inject import count_lora_parameters
 
+        from ..model.anatomy import find_blocks
+
         model = AutoModel.from_pretrained(resolve_model_path(args.model))
-        chosen = count_lora_parameters(model, layers, r=args.r)
-        everything = count_lora_parameters(model, None, r=args.r)
+        stack = find_blocks(model, _block_path_for(model, scores.block_path))
+        if len(stack) != len(scores):
+            raise ValueError(f"--model {args.model} has {len(stack)} blocks (at {stack.path}), but {args.scores} "
+                             f"scores {len(scores)}: the scores come from another model")
+        chosen = count_lora_parameters(model, layers, r=args.r, blocks=stack.path)
+        everything = count_lora_parameters(model, None, r=args.r, blocks=stack.path)
     else:
         print("(no module shapes in the scores file: pass --model to count parameters)")
         return 0
@@ -148,8 +158,17 @@ def run_select(args):
     return 0
 
 
+def _block_path_for(model, recorded):
+    """The scores file's block path when `model` has a module there, else None (the anatomy finds it)."""
+    return recorded if recorded and recorded in dict(model.named_modules()) else None
+
+
 def run_stability(args):
     from ..method.stability import stability_study
+    from ..train.outputs import check_output_dir
+
+    if args.out:
+        check_output_dir(args.out, option="--out")  # before the study, not after it
 
     summary = stability_study(model=args.model, data_dir=args.data_dir, tasks=args.tasks, seeds=args.seeds,
                               samples=args.samples, batch_size=args.batch_size, max_seq_len=args.max_seq_len,

@@ -1,4 +1,5 @@
 """Subcommands `train`, `compare` and `demo` (the logic lives in `act_lora_fast.train`)."""
+import argparse
 import os
 
 from .. import _dist
@@ -7,6 +8,14 @@ from ..model.hf import resolve_model_path
 from ..train.compare import BASELINES
 from ..train.config import PRECISIONS, SELECTIONS, TrainConfig
 from ._args import csv_floats, csv_list
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes the option as given on the command line (``args.given``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = getattr(namespace, "given", set()) | {self.dest}
 
 
 def _add_run_options(parser):
@@ -22,9 +31,10 @@ def _add_run_options(parser):
     data.add_argument("--calibration-samples", type=int, default=256,
                       help="training examples profiled to rank the blocks (default 256)")
     lora = parser.add_argument_group("adapter")
-    lora.add_argument("--r", "--rank", dest="r", type=int, default=8)
-    lora.add_argument("--alpha", type=float, default=16)
-    lora.add_argument("--dropout", type=float, default=0.0)
+    # _Given records the options typed, so that --resume-from can tell a conflicting value from a default
+    lora.add_argument("--r", "--rank", dest="r", type=int, default=8, action=_Given)
+    lora.add_argument("--alpha", type=float, default=16, action=_Given)
+    lora.add_argument("--dropout", type=float, default=0.0, action=_Given)
     lora.add_argument("--target-modules", help="comma-separated module names, or 'all-linear' "
                                                "(default: the architecture's attention and MLP linears)")
     lora.add_argument("--modules-to-save", help="comma-separated modules trained in full "
@@ -50,6 +60,9 @@ def _add_run_options(parser):
                      help="LoRA+: lora_B's learning rate is this many times --lr (default: plain LoRA)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run's report.json, adapter/ and plots in --output-dir (without "
+                          "it such a folder is refused; other files there are never touched)")
     run.add_argument("--no-save-adapter", action="store_true", help="don't save the best epoch's adapter")
     run.add_argument("--no-plots", action="store_true")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -70,7 +83,8 @@ def _config_from_args(args, **overrides):
         group_by_length=args.group_by_length, eval_steps=args.eval_steps,
         loraplus_lr_ratio=args.loraplus_lr_ratio, max_seq_len=args.max_seq_len,
         max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, device=args.device,
-        save_adapter=not args.no_save_adapter, plots=not args.no_plots, progress=not args.no_progress)
+        save_adapter=not args.no_save_adapter, plots=not args.no_plots, progress=not args.no_progress,
+        overwrite=args.overwrite)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -83,8 +97,10 @@ def _train(args):
     from ..train.distributed import cleanup_distributed
     from ..train.loop import train
 
+    saved = _check_resume_options(args) if args.resume_from else {}
     config = _config_from_args(args, selection=args.selection, k=args.k, fraction=args.fraction,
-                               cumulative=args.cumulative, resume_from=args.resume_from)
+                               cumulative=args.cumulative, resume_from=args.resume_from,
+                               **{k: v for k, v in saved.items() if k not in getattr(args, "given", ())})
     try:
         report = train(config).report
     finally:
@@ -106,13 +122,40 @@ def _train(args):
     return 0
 
 
+def _check_resume_options(args):
+    """--resume-from trains the adapter's own r/alpha/dropout: a different value given with it is refused.
+    Returns the adapter's values (the run's config takes them where no option was given)."""
+    from ..model.adapters import read_adapter_config
+
+    adapter = read_adapter_config(args.resume_from)
+    saved = {"r": adapter["r"], "alpha": adapter["lora_alpha"], "dropout": adapter.get("lora_dropout", 0.0)}
+    for name, value in saved.items():
+        given = getattr(args, name)
+        if name in getattr(args, "given", ()) and given != value:
+            raise ValueError(f"--{name} {given:g} conflicts with the adapter in --resume-from {args.resume_from} "
+                             f"({name}={value:g}); a resumed run trains the adapter as saved: drop --{name}")
+    return saved
+
+
 def _compare(args):
-    from ..train.compare import run_compare, summarize, write_compare_outputs
+    from ..train.compare import (SUMMARY_OUTPUTS, claim_compare_dir, run_compare, summarize, variant_configs,
+                                 write_compare_outputs)
     from ..train.distributed import cleanup_distributed
+    from ..train.outputs import claim_output_dir
 
     tasks = csv_list(args.task)
     if not tasks:
         raise ValueError("--task needs at least one task name")  # main reports it: exit 2, one line
+    fractions, baselines = csv_floats(args.fractions), csv_list(args.baselines)
+    for task in tasks:  # every task's config and folder checked before the first run starts
+        output_dir = os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir
+        configs = variant_configs(_config_from_args(args, task=task, output_dir=None), fractions, baselines,
+                                  args.baseline_fraction)
+        if _dist.is_main_process():
+            claim_compare_dir(output_dir, configs, overwrite=args.overwrite)
+    if len(tasks) > 1 and _dist.is_main_process():
+        claim_output_dir(args.output_dir, overwrite=args.overwrite, owned=SUMMARY_OUTPUTS,
+                         option="--output-dir")
     results = []
     try:
         for task in tasks:
@@ -123,9 +166,8 @@ def _compare(args):
                     print(f"[{task}] {config.selection_label}: score {report['score']:.2f}, step "
                           f"{report['step_time_ms']['step']:.1f} ms, layers {report['selected_layers']}",
                           flush=True)
-            result = run_compare(base, fractions=csv_floats(args.fractions),
-                                 baselines=csv_list(args.baselines), baseline_fraction=args.baseline_fraction,
-                                 output_dir=output_dir, on_run=on_run)
+            result = run_compare(base, fractions=fractions, baselines=baselines,
+                                 baseline_fraction=args.baseline_fraction, output_dir=output_dir, on_run=on_run)
             results.append(result)
             if _dist.is_main_process():
                 print("\n" + result.markdown() + "\n", flush=True)

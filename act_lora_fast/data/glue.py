@@ -108,6 +108,21 @@ class GlueFormatError(ValueError):
     """A malformed GLUE file; the message names the file and line."""
 
 
+STSB_RANGE = (0.0, 5.0)  # STS-B's similarity scores; the only regression task
+
+
+def check_texts(examples, where="examples"):
+    """Refuse examples with an empty (or blank) text: a model trained on them learns from nothing."""
+    for index, example in enumerate(examples):
+        for field in ("text_a", "text_b"):
+            text = getattr(example, field, None)
+            if field == "text_b" and text is None:
+                continue
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{where}: example {index} has an empty {field} ({text!r})")
+    return examples
+
+
 def _parse_label(task, raw, path, line_no):
     raw = raw.strip()
     where = f"{path}, line {line_no}"
@@ -118,6 +133,9 @@ def _parse_label(task, raw, path, line_no):
             raise GlueFormatError(f"{where}: score {raw!r} is not a number") from None
         if not math.isfinite(value):
             raise GlueFormatError(f"{where}: score {raw!r} is not finite")
+        low, high = STSB_RANGE
+        if not low <= value <= high:
+            raise GlueFormatError(f"{where}: score {raw!r} is outside {task.folder}'s range {low:g}-{high:g}")
         return value
     if task.label_names is not None:
         if raw not in task.label_names:
@@ -135,12 +153,15 @@ def read_glue_tsv(path, task):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GLUE {task.folder} file not found: {path}")
-    # utf-8-sig drops MRPC's byte-order mark; newline="" keeps a stray "\r" inside a row visible to us.
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        try:
-            lines = handle.read().split("\n")
-        except UnicodeDecodeError as err:
-            raise GlueFormatError(f"{path}: not UTF-8 text ({err})") from None
+    # utf-8-sig drops MRPC's byte-order mark; decoding the bytes ourselves keeps a stray "\r" in a row visible
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        lines = raw.decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise GlueFormatError(f"{path}, line {line}: not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+                              f"{err.start})") from None
     if lines and lines[-1] == "":
         lines.pop()  # the final newline (CoLA's dev file has none)
     rows = [line.rstrip("\r").split("\t") for line in lines]
@@ -168,6 +189,9 @@ def read_glue_tsv(path, task):
             raise GlueFormatError(f"{path}, line {line_no}: expected {n_columns} tab-separated columns, "
                                   f"got {len(row)}")
         texts = [row[i] for i in text_idx]
+        for column, text in zip(task.text_columns, texts):
+            if not text.strip():
+                raise GlueFormatError(f"{path}, line {line_no}: empty text in column {column!r}")
         examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None,
                                 _parse_label(task, row[label_idx], path, line_no)))
     if not examples:

@@ -92,12 +92,15 @@ def token_mask(inputs):
 def align_mask(mask, lead_shape):
     """The token mask in the shape of an activation's token dims.
 
+    Always a bool mask: an integer mask holding a 2 would otherwise count that token twice.
     Activations that are not one row per token (DeBERTa's relative-position embeddings through key_proj)
     are not token activations and get an all-False mask; unpadded activations (only the real tokens) get
     an all-True one.
     """
     if mask is None:
         return None
+    if mask.dtype != torch.bool:
+        mask = mask != 0  # an attention mask's 1 (or any non-zero) is one real token, never a weight
     if tuple(mask.shape) == tuple(lead_shape):
         return mask
     if len(lead_shape) == 1:  # tokens flattened to one dim: all of them, or only the real ones

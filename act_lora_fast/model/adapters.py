@@ -11,22 +11,37 @@ an adapter PEFT saved reproduces PEFT's. Files are written atomically and never 
 import json
 import os
 import re
+import shutil
+import tempfile
 
 import torch
 
 from .._checks import check_lora_hyperparameters
-from .._io import atomic_write
-from .anatomy import Conv1DAsLinear, find_blocks, is_linear_like, linear_shape, unwrap_model
-from .inject import ActLoRAConfig, inject_modules, lora_modules, match_modules_to_save
+from .._io import atomic_write, umask_mode
+from ..layer import FastActLoRALinear
+from .anatomy import Conv1DAsLinear, find_blocks, is_linear_like, linear_shape, replace_module, unwrap_model
+from .inject import ActLoRAConfig, check_materialised, inject_modules, lora_modules, match_modules_to_save
 from .targets import peft_matches
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-# LoraConfig features whose non-default values change the math; we refuse them instead of ignoring them.
-_UNSUPPORTED = {"use_dora": False, "lora_bias": False, "rank_pattern": {}, "alpha_pattern": {},
-                "layer_replication": None, "target_parameters": None, "trainable_token_indices": None,
-                "use_qalora": False, "alora_invocation_tokens": None}
+# The LoraConfig keys we implement (or that change nothing once the adapter is trained). Any other key with a
+# non-default value (use_dora, rank_pattern, use_bdlora, kasa_config, ... and keys of PEFTs to come) changes the
+# math of the adapter: it is refused by name rather than ignored.
+_IMPLEMENTED = {"peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+                "inference_mode", "r", "lora_alpha", "lora_dropout", "use_rslora", "target_modules",
+                "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save", "fan_in_fan_out",
+                "bias", "init_lora_weights", "runtime_config", "megatron_core", "qalora_group_size"}
+_DEFAULT_VALUES = (None, False, {}, [], "")
+# init_lora_weights values that only draw the initial A and B; the others (pissa, olora, corda, loftq, ...)
+# also rewrite the base weights, so the adapter is meaningless on the unmodified model
+_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
+# the config fields that the weights file records (safetensors metadata, which PEFT ignores): a config from
+# another save than the weights is refused instead of loaded with the wrong scaling or layers
+_FINGERPRINT_KEY = "act_lora_adapter_config"
+_FINGERPRINT_FIELDS = ("r", "lora_alpha", "lora_dropout", "use_rslora", "target_modules", "layers_to_transform",
+                       "layers_pattern", "modules_to_save")
 
 
 def _peft_targets(model, config):
@@ -91,13 +106,56 @@ def save_adapter(model, path, *, base_model_name_or_path=None):
         # only keys every PEFT since 0.9 knows: newer PEFTs default the rest, older ones would reject them
         "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
     }
-    os.makedirs(path, exist_ok=True)
-    with atomic_write(os.path.join(path, WEIGHTS_NAME)) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    with atomic_write(os.path.join(path, CONFIG_NAME)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
+    fingerprint = json.dumps({key: config[key] for key in _FINGERPRINT_FIELDS}, sort_keys=True)
+
+    def write(folder):
+        save_file(tensors, os.path.join(folder, WEIGHTS_NAME),
+                  metadata={"format": "pt", _FINGERPRINT_KEY: fingerprint})
+        with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
             handle.write("\n")
+
+    _write_folder(os.fspath(path), write)
+
+
+def _write_folder(path, write):
+    """`write(folder)` into a temporary folder next to `path`, then swap it in as one unit.
+
+    A reader (or a crash) never sees new weights beside an old config. When `path` holds other files than
+    the adapter's own two (a README, a model), or is a symlink, it stays: the two files are then replaced one
+    by one (weights first), and the fingerprint in the weights' metadata makes `load_adapter` refuse a mixed
+    pair.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(os.path.abspath(path))
+    staging = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp")
+        write(staging)
+        for entry in os.listdir(staging):
+            os.chmod(os.path.join(staging, entry), umask_mode())
+        os.chmod(staging, umask_mode(directory=True))
+        if not os.path.exists(path):
+            os.rename(staging, path)
+            return
+        if not os.path.islink(path) and set(os.listdir(path)) <= {CONFIG_NAME, WEIGHTS_NAME}:
+            retired = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old")
+            try:
+                os.rename(path, os.path.join(retired, name))
+            except OSError:  # a mount point, a folder in use elsewhere: replace the files instead
+                os.rmdir(retired)
+            else:
+                os.rename(staging, path)
+                shutil.rmtree(retired, ignore_errors=True)
+                return
+        for entry in (WEIGHTS_NAME, CONFIG_NAME):  # weights first: a crash between leaves a refused pair
+            os.replace(os.path.join(staging, entry), os.path.join(path, entry))
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write the adapter folder {path}: {err.strerror}") from None
+    finally:
+        if staging is not None and os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -123,9 +181,15 @@ def read_adapter_config(path):
         raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters (LORA) load here")
-    for key, default in _UNSUPPORTED.items():
-        if config.get(key, default) not in (default, None, {}, False):
-            raise ValueError(f"{file}: {key}={config[key]!r} is not supported by Act-LoRA's FastActLoRALinear")
+    for key, value in config.items():
+        if key not in _IMPLEMENTED and not any(value is d or value == d for d in _DEFAULT_VALUES):
+            raise ValueError(f"{file}: {key}={value!r} is a PEFT LoRA option Act-LoRA does not implement; "
+                             f"loading would silently drop it (only its default, off, is supported)")
+    init = config.get("init_lora_weights", True)
+    if not any(init is p or (isinstance(init, str) and init == p) for p in _PLAIN_INITS):
+        raise ValueError(f"{file}: init_lora_weights={init!r} is not plain LoRA (it rewrites the base weights or "
+                         "changes the layer: PiSSA, OLoRA, LoftQ, CorDA, MiCA); Act-LoRA loads plain LoRA adapters "
+                         "on the unmodified base model only")
     if config.get("bias", "none") != "none":
         raise ValueError(f"{file}: bias={config['bias']!r} is not supported (only 'none')")
     r, alpha, dropout = config.get("r"), config.get("lora_alpha"), config.get("lora_dropout", 0.0)
@@ -165,7 +229,8 @@ def _is_int(value):
 
 
 def _read_weights(path):
-    from safetensors import SafetensorError
+    """``(tensors, metadata)`` of ``<path>/adapter_model.safetensors``."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     file = os.path.join(os.fspath(path), WEIGHTS_NAME)
@@ -174,23 +239,61 @@ def _read_weights(path):
         extra = " (an adapter_model.bin is there, but pickled files are not loaded)" if os.path.isfile(pickled) else ""
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}{extra}")
     try:
-        return load_file(file)
+        with safe_open(file, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return load_file(file), metadata
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
 
 
-def _expected_shapes(model, config, targets):
+def _check_fingerprint(path, config, metadata):
+    """Refuse weights saved with another config than this one (a save cut short, a hand-edited file)."""
+    recorded = metadata.get(_FINGERPRINT_KEY)
+    if recorded is None:
+        return  # PEFT's own files carry none
+    weights_file = os.path.join(os.fspath(path), WEIGHTS_NAME)
+    try:
+        recorded = json.loads(recorded)
+    except json.JSONDecodeError:
+        raise ValueError(f"{weights_file}: its {_FINGERPRINT_KEY} metadata is not valid JSON") from None
+    current = json.loads(json.dumps({key: config.get(key) for key in _FINGERPRINT_FIELDS}))
+    for key in _FINGERPRINT_FIELDS:
+        if key in recorded and recorded[key] != current[key]:
+            raise ValueError(f"{weights_file} was saved with {key}={recorded[key]!r}, but "
+                             f"{os.path.join(os.fspath(path), CONFIG_NAME)} says {key}={current[key]!r}: the two "
+                             "files come from different saves (an interrupted save?) or one was edited; save the "
+                             "adapter again")
+
+
+def _expected_shapes(model, config, targets, saved):
     r = config["r"]
     shapes = {}
     for name in targets:
         out_features, in_features = linear_shape(model.get_submodule(name))
         shapes[f"{PREFIX}{name}.lora_A.weight"] = (r, in_features)
         shapes[f"{PREFIX}{name}.lora_B.weight"] = (out_features, r)
-    saved = match_modules_to_save(model, config.get("modules_to_save") or [])
     for name, module in saved.items():
         for param_name, tensor in module.state_dict().items():
             shapes[f"{PREFIX}{name}.{param_name}"] = tuple(tensor.shape)
-    return shapes, saved
+    return shapes
+
+
+def _saved_modules(model, names):
+    """PEFT's rule for ``modules_to_save``: an entry matching no module is skipped, not an error.
+
+    A PEFT adapter saved with ``task_type="SEQ_CLS"`` lists ``["classifier", "score"]`` whatever the model,
+    and PEFT loads it into BERT (no ``score``) and GPT-2 (no ``classifier``) alike. Returns the entries that
+    matched and ``{module name: module}``.
+    """
+    found, kept = {}, []
+    for wanted in names or []:
+        try:
+            hits = match_modules_to_save(model, [wanted])
+        except ValueError:
+            continue
+        kept.append(wanted)
+        found.update({n: m for n, m in hits.items() if not any(n.startswith(f + ".") for f in found)})
+    return kept, found
 
 
 def _layers_of(model, targets, blocks):
@@ -207,12 +310,19 @@ def load_adapter(model, path, *, backend="auto", blocks=None):
     """Inject FastActLoRALinear where the adapter config at `path` says and load its weights.
 
     Everything is checked before the model is touched: a non-LoRA or unsupported config, a missing or extra
-    key, a shape mismatch and a corrupt file raise ValueError (FileNotFoundError for missing files) naming it.
-    On a model that already carries the same Act-LoRA layers, only the weights are loaded.
+    key, a shape mismatch, weights saved with another config and a corrupt file raise ValueError
+    (FileNotFoundError for missing files) naming it. New layers take the model's train/eval mode.
+
+    On a model that already carries Act-LoRA layers on the same modules with the same rank, the adapter
+    replaces them whole: merged layers are unmerged first, then each layer is rebuilt with the adapter's
+    alpha, dropout and rslora (not only its weights), and ``model.act_lora_config`` becomes the adapter's.
+    Layers on other modules or of another rank are refused (call `remove_act_lora` first).
     """
     model = unwrap_model(model)
+    check_materialised(model, "load_adapter")
     config = read_adapter_config(path)
-    weights = _read_weights(path)
+    weights, metadata = _read_weights(path)
+    _check_fingerprint(path, config, metadata)
     existing = lora_modules(model)
     targets = sorted(existing) if existing else _peft_targets(model, config)
     if not targets:
@@ -227,10 +337,14 @@ def load_adapter(model, path, *, backend="auto", blocks=None):
         if any(m.r != config["r"] for m in existing.values()):
             raise RuntimeError("model already has Act-LoRA layers of another rank than the adapter's "
                                f"r={config['r']}; call remove_act_lora(model) first")
-    shapes, saved = _expected_shapes(model, config, targets)
+    kept_saved, saved = _saved_modules(model, config.get("modules_to_save"))
+    shapes = _expected_shapes(model, config, targets, saved)
     file = os.path.join(os.fspath(path), WEIGHTS_NAME)
     missing = sorted(set(shapes) - set(weights))
-    extra = sorted(set(weights) - set(shapes))
+    # keys of modules_to_save entries that match no module here are skipped, as PEFT skips them
+    skipped = [m for m in (config.get("modules_to_save") or []) if m not in kept_saved]
+    extra = sorted(k for k in set(weights) - set(shapes)
+                   if not any(re.search(rf"(^|\.){re.escape(m)}\.", k[len(PREFIX):]) for m in skipped))
     if missing:
         raise ValueError(f"{file}: missing key(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     if extra:
@@ -242,20 +356,21 @@ def load_adapter(model, path, *, backend="auto", blocks=None):
         if not weights[key].is_floating_point() or not torch.isfinite(weights[key]).all():
             raise ValueError(f"{file}: {key} is not a finite floating-point tensor")
 
+    r, alpha = config["r"], config["lora_alpha"]
+    dropout, use_rslora = float(config.get("lora_dropout", 0.0)), bool(config.get("use_rslora", False))
     stack, layers, layers_pattern = _layers_of(model, targets, blocks)
     if existing:
-        modules = existing
+        modules = _rebuild(model, existing, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
+                           backend=backend)
     else:
-        modules = inject_modules(model, targets, r=config["r"], alpha=config["lora_alpha"],
-                                 dropout=config.get("lora_dropout", 0.0),
-                                 use_rslora=bool(config.get("use_rslora", False)), backend=backend)
-        model.act_lora_config = ActLoRAConfig(
-            r=config["r"], alpha=config["lora_alpha"], dropout=float(config.get("lora_dropout", 0.0)),
-            target_modules=config["target_modules"] if isinstance(config["target_modules"], list)
-            else sorted({t.rsplit(".", 1)[-1] for t in targets}),
-            layers=layers, block_path=stack.path if stack else "", layers_pattern=layers_pattern,
-            modules_to_save=list(config.get("modules_to_save") or []),
-            use_rslora=bool(config.get("use_rslora", False)))
+        modules = inject_modules(model, targets, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
+                                 backend=backend)
+    model.act_lora_config = ActLoRAConfig(
+        r=r, alpha=alpha, dropout=dropout,
+        target_modules=config["target_modules"] if isinstance(config["target_modules"], list)
+        else sorted({t.rsplit(".", 1)[-1] for t in targets}),
+        layers=layers, block_path=stack.path if stack else "", layers_pattern=layers_pattern,
+        modules_to_save=kept_saved, use_rslora=use_rslora)
     with torch.no_grad():
         for name, module in modules.items():
             module.lora_A.weight.copy_(weights[f"{PREFIX}{name}.lora_A.weight"])
@@ -265,6 +380,20 @@ def load_adapter(model, path, *, backend="auto", blocks=None):
             for param in module.parameters():
                 param.requires_grad_(True)
     return model
+
+
+def _rebuild(model, existing, *, r, alpha, dropout, use_rslora, backend):
+    """New FastActLoRALinear layers (the adapter's whole configuration) around the existing layers' bases."""
+    fresh = {}
+    for name, layer in existing.items():  # build all first: nothing changes if one of them fails
+        fresh[name] = FastActLoRALinear(layer.base_layer, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
+                                        track_norms=layer.track_norms, backend=backend)
+        fresh[name].train(layer.training)
+    for name, layer in existing.items():
+        if layer.merged:
+            layer.unmerge()  # the base weight must not keep the old update
+        replace_module(model, name, fresh[name])
+    return fresh
 
 
 __all__ = ["save_adapter", "load_adapter", "read_adapter_config"]

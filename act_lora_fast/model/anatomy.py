@@ -149,13 +149,16 @@ def find_blocks(model, blocks=None):
     raise ValueError(f"{type(model).__name__} has several block stacks ({', '.join(candidates)}); {hint}")
 
 
-def default_target_modules(model):
-    """The attention and MLP linears for known architectures; every linear in the blocks otherwise."""
+def default_target_modules(model, blocks=None):
+    """The attention and MLP linears for known architectures; every linear in the blocks otherwise.
+
+    ``blocks`` names the block list as in `find_blocks` (needed where the model has several, as T5).
+    """
     model = unwrap_model(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in DEFAULT_TARGET_MODULES:
         return list(DEFAULT_TARGET_MODULES[model_type])
-    stack = find_blocks(model)
+    stack = find_blocks(model, blocks)
     names = {name.rsplit(".", 1)[-1] for block in stack.blocks for name, module in _block_linears(block)}
     return sorted(names)
 
@@ -180,7 +183,7 @@ def target_linears(model, target_modules=None, blocks=None):
     model = unwrap_model(model)
     target_modules = check_target_modules(target_modules)
     if target_modules is None:
-        target_modules = default_target_modules(model)
+        target_modules = default_target_modules(model, blocks)
     stack = find_blocks(model, blocks)
     found = {}
     for index, block in enumerate(stack.blocks):

@@ -32,6 +32,15 @@ def lora_modules(model):
             if isinstance(module, FastActLoRALinear) and module.r > 0}
 
 
+def check_materialised(model, what):
+    """Refuse a model whose parameters are on the meta device (built without weights): LoRA layers made
+    there hold no numbers, and loading into them silently stores nothing."""
+    for name, param in model.named_parameters():
+        if param.is_meta:
+            raise ValueError(f"{what}: the model's parameter {name} is on the meta device (a model built without "
+                             "weights, e.g. under device='meta' or init_empty_weights); load its weights first")
+
+
 def match_modules_to_save(model, names):
     """``{name: module}`` for PEFT-style ``modules_to_save`` names (exact name or ``.``-suffix, outermost)."""
     if not names:
@@ -76,10 +85,10 @@ def count_lora_parameters(model, layers=None, target_modules=None, r=8, blocks=N
     return sum(r * sum(linear_shape(m)) for i in layers for m in targets[i].values())
 
 
-def _resolved_targets(target_modules, chosen_names, model):
+def _resolved_targets(target_modules, chosen_names, model, blocks=None):
     """The PEFT-style suffix list that names the chosen modules (for the config and the saved adapter)."""
     if target_modules is None:
-        target_modules = default_target_modules(model)
+        target_modules = default_target_modules(model, blocks)
     if isinstance(target_modules, str):
         return sorted({name.rsplit(".", 1)[-1] for name in chosen_names})
     return [t for t in target_modules if any(matches_target(name, [t]) for name in chosen_names)]
@@ -97,6 +106,7 @@ def apply_act_lora(model, layers, *, target_modules=None, r=8, alpha=16, dropout
     inner = unwrap_model(model)
     if lora_modules(inner) or isinstance(getattr(inner, "act_lora_config", None), ActLoRAConfig):
         raise RuntimeError("Act-LoRA is already applied to this model; call remove_act_lora(model) first")
+    check_materialised(inner, "apply_act_lora")
     check_lora_hyperparameters(r, alpha, dropout)
     check_backend_name(backend)
     check_bool("verbose", verbose)
@@ -121,7 +131,8 @@ def apply_act_lora(model, layers, *, target_modules=None, r=8, alpha=16, dropout
         for param in module.parameters():
             param.requires_grad_(True)
     inner.act_lora_config = ActLoRAConfig(
-        r=r, alpha=alpha, dropout=float(dropout), target_modules=_resolved_targets(target_modules, chosen, inner),
+        r=r, alpha=alpha, dropout=float(dropout),
+        target_modules=_resolved_targets(target_modules, chosen, inner, stack.path),
         layers=layers, block_path=stack.path, layers_pattern=stack.layers_pattern,
         modules_to_save=modules_to_save)
     if verbose:

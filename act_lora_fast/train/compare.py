@@ -17,10 +17,13 @@ from .._io import new_figure, save_figure, write_json, write_text
 from ..data.glue import get_task, load_glue
 from .config import TrainConfig
 from .loop import train
+from .outputs import check_output_dir, claim_output_dir
 
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75)
 DEFAULT_BASELINES = ("gradient", "random", "bottom", "last")
 BASELINES = ("gradient", "random", "bottom", "first", "last")
+COMPARE_OUTPUTS = ("compare.md", "compare.json", "compare.png")
+SUMMARY_OUTPUTS = ("summary.md", "summary.json", "summary.png")
 
 
 def variant_configs(base, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINES, baseline_fraction=0.5):
@@ -30,10 +33,15 @@ def variant_configs(base, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELIN
     for name, value in (("fractions", fractions), ("baselines", baselines)):
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
             raise TypeError(f"{name} must be a list, got {value!r}")
+    fractions, baselines = list(fractions), list(baselines)
     for fraction in (*fractions, baseline_fraction):
         check_fraction("fractions", fraction)
     for name in baselines:
         check_choice("baseline", name, BASELINES)
+    if not fractions and not baselines:
+        raise ValueError("nothing to compare: no Act-LoRA fractions and no baselines were given, so only "
+                         "all-layer LoRA would run; give fractions (--fractions 0.5) or baselines "
+                         "(--baselines random)")
     common = dict(k=None, cumulative=None, resume_from=None)
     configs = [dataclasses.replace(base, selection="all", fraction=None, **common)]
     configs += [dataclasses.replace(base, selection="activation", fraction=float(f), **common) for f in fractions]
@@ -94,6 +102,8 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                         f"{type(profiles).__name__}")
     if on_run is not None and not callable(on_run):
         raise TypeError(f"on_run must be a callable on_run(config, report), got {type(on_run).__name__}")
+    if output_dir and _dist.is_main_process():
+        claim_compare_dir(output_dir, configs, overwrite=base.overwrite)
     if data is None:
         data = load_glue(get_task(base.task), base.data_dir, max_train_samples=base.max_train_samples,
                          max_eval_samples=base.max_eval_samples, seed=base.seed)
@@ -112,6 +122,21 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
     if output_dir and _dist.is_main_process():
         write_compare_outputs(outcome, output_dir)
     return outcome
+
+
+def claim_compare_dir(output_dir, configs, *, overwrite=False):
+    """The output-folder rule (see `outputs`) for a compare: it owns ``compare.*`` and one folder per variant.
+
+    Refuses (FileExistsError) a folder holding an earlier compare's files unless `overwrite`, which deletes
+    them (and only them) first.
+    """
+    folders = [_slug(config) for config in configs]
+    check_output_dir(output_dir)
+    present = [name for name in folders if os.path.isdir(os.path.join(output_dir, name))
+               and not os.listdir(os.path.join(output_dir, name))]  # empty leftovers are no earlier results
+    for name in present:
+        os.rmdir(os.path.join(output_dir, name))
+    return claim_output_dir(output_dir, overwrite=overwrite, owned=COMPARE_OUTPUTS + tuple(folders))
 
 
 def _slug(config):

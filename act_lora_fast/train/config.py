@@ -65,6 +65,7 @@ class TrainConfig:
     # run
     device: str = "auto"
     resume_from: Optional[str] = None           # a saved adapter folder: its layers and weights, trained on
+    overwrite: bool = False                     # replace an earlier run's report/adapter/plots in output_dir
     save_adapter: bool = True
     plots: bool = True
     progress: bool = True
@@ -98,7 +99,7 @@ class TrainConfig:
         check_probability("warmup_ratio", self.warmup_ratio)
         check_positive("loraplus_lr_ratio", self.loraplus_lr_ratio, optional=True)
         check_positive("max_grad_norm", self.max_grad_norm, optional=True)
-        for name in ("group_by_length", "save_adapter", "plots", "progress"):
+        for name in ("group_by_length", "save_adapter", "plots", "progress", "overwrite"):
             check_bool(name, getattr(self, name))
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]  # one module name, as apply_act_lora takes it

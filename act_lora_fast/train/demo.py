@@ -23,6 +23,7 @@ from .compare import format_table, run_compare
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .loop import calibration_batches, set_seed
+from .outputs import check_output_dir
 
 SYNTHETIC_TASK = GlueTask("synthetic-sentiment", "", "", ("sentence",), "label", ("sentence",))
 
@@ -121,6 +122,7 @@ def _ranking_lines(scores):
 def run_demo(config=None, *, quiet=False):
     """Run the demo; returns ``{"rows", "ranking", "data_source", "output_dir", "seconds"}``."""
     config = config or DemoConfig()
+    check_output_dir(config.output_dir)  # a file or an unwritable place fails now, not after the training
     start = time.perf_counter()
     model_path = resolve_model_path(config.model or "minilm")
     if config.data_dir is not None:
@@ -139,7 +141,7 @@ def run_demo(config=None, *, quiet=False):
     base = TrainConfig(model=model_path, task=data.task,
                        output_dir=None, epochs=config.epochs, batch_size=config.batch_size,
                        max_seq_len=config.max_seq_len, seed=config.seed,
-                       progress=config.progress)
+                       progress=config.progress, overwrite=True)  # the demo's folder is the demo's own
     # Profile once here to show the ranking; the runs below reuse this profile.
     set_seed(config.seed)
     model, tokenizer = load_classifier(model_path, num_labels=data.task.num_labels)

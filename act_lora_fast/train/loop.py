@@ -19,12 +19,15 @@ import math
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
 
+from .. import _dist
 from .._io import write_json
-from ..data.glue import GlueData, TokenizedDataset, get_task, load_glue
+from ..data.glue import GlueData, TokenizedDataset, check_texts, get_task, load_glue
+from ..functional import resolve_backend
 from ..layer import FastActLoRALinear
 from ..measure.accounting import StepProfiler, trainable_parameters
 from ..method.batches import without_labels
@@ -33,10 +36,11 @@ from ..method.selection import select_layers
 from ..model.adapters import load_adapter, save_adapter
 from ..model.anatomy import find_blocks
 from ..model.hf import head_modules, load_classifier
-from ..model.inject import apply_act_lora
+from ..model.inject import apply_act_lora, match_modules_to_save
 from . import distributed as dist_utils
 from .config import TrainConfig, TrainResult
 from .evaluate import autocast, autocast_dtype, evaluate, to_device
+from .outputs import claim_output_dir
 from .plots import plot_run
 
 
@@ -146,6 +150,8 @@ class _Run:
         if data is None:
             data = load_glue(task, config.data_dir, max_train_samples=config.max_train_samples,
                              max_eval_samples=config.max_eval_samples, seed=config.seed)
+        else:
+            check_texts(data.train, "training data")
         if model is None:
             model, tokenizer = load_classifier(config.model, num_labels=task.num_labels)
         model.to(ctx.device)
@@ -165,14 +171,14 @@ class _Run:
         self.history, self.losses = [], []
         self.best = None
         self.train_seconds = self.eval_seconds = 0.0
-        self.step = 0
+        self.step = self.epochs_done = 0
 
     def _inject(self, layer_scores):
         config, model, ctx = self.config, self.model, self.ctx
         self.profile_seconds, self.scores, self.reused_profile = 0.0, None, False
+        self.notes = []
         if config.resume_from is not None:
-            load_adapter(model, config.resume_from, backend=config.backend)
-            self.layers = list(model.act_lora_config.layers)
+            self._resume()
             return
         cached = (layer_scores or {}).get(profile_kind(config))
         calibration = None
@@ -186,6 +192,40 @@ class _Run:
                        dropout=config.dropout, modules_to_save=head_modules(model, "auto" if config.modules_to_save is None
                                                      else config.modules_to_save),
                        backend=config.backend, verbose=False)
+
+    def _resume(self):
+        """Load ``resume_from``: its layers, rank, alpha, dropout (the config's are not used: warned when they
+        differ) and weights; a head it does not save (a PEFT adapter without modules_to_save) is trained."""
+        config, model = self.config, self.model
+        load_adapter(model, config.resume_from, backend=config.backend)
+        adapter = model.act_lora_config
+        self.layers = list(adapter.layers)
+        used = {"r": adapter.r, "alpha": adapter.alpha, "dropout": adapter.dropout}
+        differ = [f"{name}={getattr(config, name)!r}" for name, value in used.items()
+                  if getattr(config, name) != value]
+        if differ:
+            self._note(f"resume_from {config.resume_from}: the adapter's r={adapter.r}, alpha={adapter.alpha}, "
+                       f"dropout={adapter.dropout} are used; the config's {', '.join(differ)} (ignored)")
+        if not adapter.modules_to_save:
+            heads = head_modules(model, "auto" if config.modules_to_save is None else config.modules_to_save)
+            for module in match_modules_to_save(model, heads).values():
+                for param in module.parameters():
+                    param.requires_grad_(True)
+            adapter.modules_to_save = list(heads)
+            if heads:
+                self._note(f"resume_from {config.resume_from}: the adapter saves no modules_to_save, so the "
+                           f"classification head ({', '.join(heads)}) starts untrained; it is trained in full "
+                           "in this run and saved with the adapter")
+
+    def _note(self, message):
+        self.notes.append(message)
+        if self.ctx.is_main:
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+    def lora_values(self):
+        """The adapter's hyper-parameters actually in use (a resumed adapter's, not the config's)."""
+        adapter = self.model.act_lora_config
+        return {"r": adapter.r, "alpha": adapter.alpha, "dropout": adapter.dropout, "use_rslora": adapter.use_rslora}
 
     def _build_training(self):
         config, ctx, train_set = self.config, self.ctx, self.train_set
@@ -333,7 +373,29 @@ class _Run:
             "optimizer_steps": self.step,
             "loss_curve": self.losses,
             "adapter_path": self.adapter_dir,
-            "config": dataclasses.asdict(config),
+            "status": "completed",
+            "lora": self.lora_values(),
+            "resumed_from": config.resume_from,
+            "notes": list(self.notes),
+            "config": {**dataclasses.asdict(config),
+                       **{k: v for k, v in self.lora_values().items() if k != "use_rslora"}},
+        }
+
+    def progress_report(self, stage, error):
+        """``report.json`` of a run that stopped early: why, and how far it got."""
+        config, best = self.config, self.best
+        return {
+            "status": "interrupted", "reason": error, "stage": stage, "task": self.task.name,
+            "model": config.model, "epochs_completed": self.epochs_done, "epochs_planned": config.epochs,
+            "optimizer_steps": self.step, "history": self.history, "loss_curve": self.losses,
+            "best_epoch": best["epoch"] if best else None, "best_step": best["step"] if best else None,
+            "score": best["score"] if best else None, "metrics": best["metrics"] if best else None,
+            "selected_layers": sorted(int(i) for i in self.layers) if self.layers is not None else None,
+            "adapter_path": self.adapter_dir if best and self.adapter_dir else None,
+            "lora": self.lora_values(), "resumed_from": config.resume_from, "notes": list(self.notes),
+            "wall_seconds": time.perf_counter() - self.started,
+            "config": {**dataclasses.asdict(config),
+                       **{k: v for k, v in self.lora_values().items() if k != "use_rslora"}},
         }
 
 
@@ -355,16 +417,54 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
     if layer_scores is not None and not isinstance(layer_scores, dict):
         raise TypeError(f"layer_scores must be a dict {{'activation'|'gradient': LayerScores}}, got "
                         f"{type(layer_scores).__name__}")
-    run = _Run(config, model, tokenizer, data, layer_scores)
-    for epoch in range(config.epochs):
-        run.train_epoch(epoch)
-    report = run.report()
-    if run.output_dir and run.ctx.is_main:
-        os.makedirs(run.output_dir, exist_ok=True)
-        if config.plots:
-            report["plots"] = plot_run(report, run.output_dir, scores=run.scores)
-        write_json(os.path.join(run.output_dir, "report.json"), report)
+    _preflight(config)
+    run, stage = None, "setup"
+    try:
+        run = _Run(config, model, tokenizer, data, layer_scores)
+        stage = "training"
+        for epoch in range(config.epochs):
+            run.train_epoch(epoch)
+            run.epochs_done = epoch + 1
+        stage = "report"
+        report = run.report()
+        if run.output_dir and run.ctx.is_main:
+            if config.plots:
+                report["plots"] = plot_run(report, run.output_dir, scores=run.scores)
+            write_json(os.path.join(run.output_dir, "report.json"), report)
+    except BaseException as err:
+        _write_interrupted_report(config, run, stage, err)
+        raise
     dist_utils.barrier(run.ctx)
     if run.adapter_dir and run.best["step"] != run.step:
         load_adapter(run.model, run.adapter_dir, backend=config.backend)  # hand back the best epoch's weights
     return TrainResult(model=run.model, report=report, output_dir=run.output_dir, scores=run.scores)
+
+
+def _preflight(config):
+    """What can be checked before loading anything: the device, the backend on it, the output folder."""
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r}: CUDA is not available on this machine; use device "
+                             "'cpu' or 'auto'")
+    try:
+        resolve_backend(config.backend, device)
+    except RuntimeError as err:
+        raise ValueError(f"backend {config.backend!r} on {device.type}: {err}") from None
+    if config.output_dir and _dist.is_main_process():
+        claim_output_dir(config.output_dir, overwrite=config.overwrite)
+
+
+def _write_interrupted_report(config, run, stage, err):
+    """On Ctrl-C or an error once training has started, leave a ``report.json`` that says so. A run stopped
+    during setup (loading, profiling) has written nothing, and leaves nothing: it can simply be run again."""
+    if not config.output_dir or not _dist.is_main_process() or run is None:
+        return
+    reason = "KeyboardInterrupt" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+    report = run.progress_report(stage, reason)
+    try:
+        write_json(os.path.join(config.output_dir, "report.json"), report)
+    except OSError:
+        pass  # the original error is the one to report

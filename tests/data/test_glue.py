@@ -262,3 +262,32 @@ def test_real_glue_files_have_the_official_sizes():
 def test_load_glue_data_dir_type():
     with pytest.raises(TypeError, match="data_dir must be a folder path"):
         A.load_glue("sst2", 5)
+
+
+# ---------------------------------------------------------------------------------------------- issue 10
+@pytest.mark.parametrize("score", ["5.5", "-0.1", "7"])
+def test_stsb_scores_outside_0_to_5_are_refused_with_file_and_line(tmp_path, score):
+    """Issue 10.17: a similarity score outside STS-B's 0-5 is a broken file, not a training target."""
+    header, rows, _ = LAYOUTS["stsb"]
+    path = _write(tmp_path / "STS-B" / "train.tsv", [header, rows[0], rows[1][:-1] + [score]])
+    with pytest.raises(GlueFormatError, match=rf"{path}, line 3: score '{score}' is outside STS-B's range 0-5"):
+        read_glue_tsv(path, "stsb")
+
+
+@pytest.mark.parametrize("task,row,column", [("sst2", ["   ", "1"], "'sentence'"),
+                                             ("rte", ["3", "Dana died.", "", "entailment"], "'sentence2'")])
+def test_empty_texts_are_refused_with_file_and_line(tmp_path, task, row, column):
+    """Issue 10.17: an empty sentence trains (and scores) on nothing."""
+    header, rows, _ = LAYOUTS[task]
+    path = _write(tmp_path / "x.tsv", [header, rows[0], row])
+    with pytest.raises(GlueFormatError, match=rf"{path}, line 3: empty text in column {column}"):
+        read_glue_tsv(path, task)
+
+
+def test_undecodable_tsv_names_the_file_and_line(tmp_path):
+    """Issue 10.15: the decode error names the file and the line of the bad byte."""
+    path = tmp_path / "SST-2" / "train.tsv"
+    path.parent.mkdir()
+    path.write_bytes(b"sentence\tlabel\ngood\t1\nbad \xff byte\t0\n")
+    with pytest.raises(GlueFormatError, match=rf"{path}, line 3: not UTF-8 text \(byte 0xff"):
+        read_glue_tsv(path, "sst2")

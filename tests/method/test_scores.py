@@ -1,9 +1,11 @@
 """LayerScores (act_lora_fast.method.scores): bad fields, bad files and bad arguments give a clear exception."""
 import json
+import math
 
 import pytest
 
 import act_lora_fast as A
+from act_lora_fast.method.scores import LayerScores
 
 
 @pytest.mark.parametrize("fields, error, match", [
@@ -44,3 +46,14 @@ def test_lora_parameters_checks_layers_and_rank(kwargs, error, match):
     scores = A.LayerScores([1.0, 2.0], block_path="e", module_shapes={"e.0.q": [4, 4], "e.1.q": [4, 4]})
     with pytest.raises(error, match=match):
         scores.lora_parameters(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), math.inf, -math.inf])
+def test_layer_scores_refuse_undefined_scores(bad, tmp_path):
+    """Issue 10.17: a NaN score would be written as non-standard JSON ``NaN`` and rank arbitrarily."""
+    with pytest.raises(ValueError, match=r"scores\[1\] is"):
+        LayerScores([1.0, bad, 2.0])
+    scores = LayerScores([1.0, 3.0, 2.0])
+    scores.to_json(tmp_path / "s.json")
+    assert "NaN" not in (tmp_path / "s.json").read_text()
+    assert LayerScores.from_json(tmp_path / "s.json").scores == [1.0, 3.0, 2.0]

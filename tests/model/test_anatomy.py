@@ -148,3 +148,21 @@ def test_gpt2_conv1d_becomes_a_linear_view_without_copy():
     torch.testing.assert_close(back(x), conv(x), rtol=0, atol=0)
     with pytest.raises(TypeError, match="cannot wrap a ReLU"):
         as_linear(nn.ReLU())
+
+
+def test_t5_with_explicit_blocks_gets_default_targets_there():
+    """Issue 10.11: with blocks= given, the default targets come from that stack (T5 has two), and no error
+    asks the user to pass the blocks= they passed."""
+    from act_lora_fast import apply_act_lora
+    from act_lora_fast.model.inject import lora_modules
+
+    config = transformers.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=50)
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(config)
+    assert default_target_modules(model, blocks="decoder.block") == ["k", "o", "q", "v", "wi", "wo"]
+    with pytest.raises(ValueError, match="several block stacks"):
+        default_target_modules(model)  # ambiguous without blocks=: then asking for it is right
+    apply_act_lora(model, [1], blocks="decoder.block", verbose=False)
+    names = sorted(lora_modules(model))
+    assert names and all(name.startswith("decoder.block.1.") for name in names)
+    assert model.act_lora_config.block_path == "decoder.block"

@@ -151,3 +151,17 @@ def test_every_backend_gives_the_same_model_and_gradients(kind):
 def test_apply_act_lora_modules_to_save_type():
     with pytest.raises(TypeError, match="modules_to_save must be a module name or a list of them, got int"):
         A.apply_act_lora(tiny_bert().eval(), [0], modules_to_save=5, verbose=False)
+
+
+def test_new_layers_take_the_models_train_or_eval_mode():
+    """Issue 10.1: with dropout > 0, two no_grad forwards of a model in eval() must agree after injection."""
+    model = apply_act_lora(tiny_model("llama", layers=2).eval(), [0, 1], r=4, dropout=0.5, verbose=False)
+    layers = lora_modules(model)
+    assert layers and not any(layer.training for layer in layers.values())
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.weight.normal_()  # a non-zero update, so dropout would show in the output
+        batch = {k: v for k, v in token_batch(seed=1).items() if k != "labels"}
+        torch.testing.assert_close(model(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    trained = apply_act_lora(tiny_model("llama", layers=2).train(), [0], r=4, dropout=0.5, verbose=False)
+    assert all(layer.training for layer in lora_modules(trained).values())

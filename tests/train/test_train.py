@@ -342,3 +342,125 @@ def test_evaluate_arguments(model, eval_sets, kwargs, error, match):
 def test_run_compare_argument_types(kwargs, match):
     with pytest.raises(TypeError, match=match):
         A.run_compare(A.TrainConfig(model="m", progress=False), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- issue 10
+def _quick(tiny_model, sst2_dir, out=None, **overrides):
+    values = dict(model=tiny_model, data_dir=sst2_dir, selection="last", k=1, epochs=1, batch_size=16,
+                  max_seq_len=32, max_train_samples=48, max_eval_samples=16, output_dir=out, plots=False,
+                  progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_output_folder_of_an_earlier_run_is_refused_unless_overwrite(tiny_model, sst2_dir, tmp_path):
+    """Issue 10.5: a second run never mixes its files with the first's: refused, or the first's removed."""
+    out = tmp_path / "run"
+    train(_quick(tiny_model, sst2_dir, str(out)))
+    (out / "notes.txt").write_text("mine\n")
+    with pytest.raises(FileExistsError, match=r"already holds an earlier run's report.json, adapter.*--overwrite"):
+        train(_quick(tiny_model, sst2_dir, str(out), model=str(tmp_path / "no-such-model")))  # before any work
+    train(_quick(tiny_model, sst2_dir, str(out), save_adapter=False, overwrite=True))
+    assert sorted(os.listdir(out)) == ["notes.txt", "report.json"]  # the older adapter is gone, the notes kept
+    assert json.loads((out / "report.json").read_text())["status"] == "completed"
+
+
+def test_interrupted_run_leaves_a_report_that_says_so(tiny_model, sst2_dir, tmp_path, monkeypatch):
+    """Issue 10.5: Ctrl-C (or an error) mid-run leaves report.json saying interrupted and how far it got."""
+    from act_lora_fast.train import loop
+
+    out = tmp_path / "run"
+    train(_quick(tiny_model, sst2_dir, str(out), epochs=2))
+    original, calls = loop._Run._optimizer_step, []
+
+    def interrupted_step(self):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(loop._Run, "_optimizer_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(_quick(tiny_model, sst2_dir, str(out), epochs=3, overwrite=True))
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "interrupted" and report["reason"] == "KeyboardInterrupt"
+    assert report["stage"] == "training" and report["epochs_planned"] == 3
+    assert report["epochs_completed"] == 1 and report["optimizer_steps"] == 4  # 48 examples / 16 = 3 per epoch
+    assert report["best_epoch"] == 1 and report["adapter_path"] == str(out / "adapter")
+    assert [h["epoch"] for h in report["history"]] == [1]
+
+
+def test_failed_run_names_the_error_in_its_report(tiny_model, sst2_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="training loss became"):
+        train(_quick(tiny_model, sst2_dir, str(out), learning_rate=1e9, max_grad_norm=None, warmup_ratio=0.0))
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "interrupted" and report["reason"].startswith("FloatingPointError: training loss")
+    assert "adapter" not in os.listdir(out)  # no epoch finished: no best adapter
+
+
+def test_run_that_fails_in_setup_leaves_nothing_and_can_be_run_again(tiny_model, sst2_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="GLUE data directory not found"):
+        train(_quick(tiny_model, str(tmp_path / "no-glue"), str(out)))
+    assert os.listdir(out) == []
+    assert train(_quick(tiny_model, sst2_dir, str(out))).report["status"] == "completed"
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_bad_output_dir_is_found_before_any_work(tiny_model, sst2_dir, tmp_path, where):
+    """Issue 10.13: a file (or a path under one) as output_dir fails first, not after training."""
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    with pytest.raises(NotADirectoryError, match=str(out)):
+        train(_quick(tiny_model, sst2_dir, str(out), model=str(tmp_path / "no-such-model")))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unusable_device_and_backend_fail_before_any_work(tiny_model, sst2_dir, tmp_path, monkeypatch):
+    """Issue 10.12: device='cuda' without CUDA, backend='triton' on CPU without the interpreter."""
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train(_quick(tiny_model, sst2_dir, device="cuda", model=missing))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend 'triton' on cpu: .*TRITON_INTERPRET"):
+        train(_quick(tiny_model, sst2_dir, backend="triton", model=missing))
+
+
+def test_resume_from_a_peft_adapter_without_head_trains_the_head(tiny_model, sst2_dir, tmp_path):
+    """Issue 10.6: the head of a resumed adapter that does not save it is trained (and warned about); the
+    adapter's own r/alpha/dropout are used, warned about when the config differs, and recorded."""
+    peft = pytest.importorskip("peft")
+    base, _ = load_classifier(tiny_model, num_labels=2)
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=4, target_modules=["query", "value"],
+                                                     layers_to_transform=[2, 3], layers_pattern="layer"))
+    lora.save_pretrained(str(tmp_path / "peft"))
+    config = _quick(tiny_model, sst2_dir, str(tmp_path / "run"), selection=None, k=None, alpha=32,
+                    learning_rate=5e-2, resume_from=str(tmp_path / "peft"))
+    model, tokenizer = load_classifier(tiny_model, num_labels=2)
+    head_before = model.classifier.weight.detach().clone()
+    with pytest.warns(UserWarning) as caught:
+        result = train(config, model=model, tokenizer=tokenizer)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "the adapter's r=4, alpha=4" in messages and "config's r=8, alpha=32 (ignored)" in messages
+    assert "classification head (classifier, pooler)" in messages
+    report = result.report
+    assert report["lora"] == {"r": 4, "alpha": 4, "dropout": 0.0, "use_rslora": False}
+    assert report["config"]["alpha"] == 4 and report["config"]["r"] == 4 and len(report["notes"]) == 2
+    assert report["selected_layers"] == [2, 3]
+    head = result.model.classifier
+    assert head.weight.requires_grad and not torch.equal(head.weight.detach(), head_before)
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert saved["modules_to_save"] == ["classifier", "pooler"] and saved["lora_alpha"] == 4
+
+
+def test_empty_training_texts_are_refused(tiny_model):
+    """Issue 10.17."""
+    from act_lora_fast.data.glue import Example, GlueData, get_task
+
+    data = GlueData(get_task("sst2"), [Example("fine", None, 1), Example("  ", None, 0)],
+                    {"dev": [Example("ok", None, 1)]}, source="test")
+    model, tokenizer = load_classifier(tiny_model, num_labels=2)
+    with pytest.raises(ValueError, match=r"training data: example 1 has an empty text_a"):
+        train(TrainConfig(model=tiny_model, epochs=1, progress=False, save_adapter=False), model=model,
+              tokenizer=tokenizer, data=data)

@@ -1,0 +1,113 @@
+"""`act-lora train` / `compare` failures: one line on stderr, exit 2 (130 for Ctrl-C), found before any work."""
+import json
+import os
+
+import pytest
+import torch
+
+from act_lora_fast.cli.main import main as cli_main
+from tests.train.test_train import tiny_model, sst2_dir  # noqa: F401  (module-scoped fixtures)
+
+QUICK = ["--epochs", "1", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-seq-len", "16",
+         "--batch-size", "16", "--no-progress", "--no-plots"]
+
+
+def _run(capsys, argv):
+    code = cli_main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _one_line(err):
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(capsys, tmp_path):
+    code, err = _run(capsys, ["train", "--model", "no-such-org/no-such-model", "--device", "cuda", *QUICK])
+    assert code == 2 and "CUDA is not available" in _one_line(err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_backend_triton_on_cpu_without_interpreter_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, err = _run(capsys, ["train", "--model", "no-such-org/no-such-model", "--backend", "triton", *QUICK])
+    assert code == 2 and "TRITON_INTERPRET" in _one_line(err)
+
+
+def test_diverging_loss_is_one_line(capsys, tiny_model, sst2_dir):  # noqa: F811
+    code, err = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--lr", "1e9",
+                              "--max-grad-norm", "0", "--warmup-ratio", "0", *QUICK])
+    assert code == 2 and "training loss became" in _one_line(err)
+
+
+def test_ctrl_c_exits_130_without_traceback(capsys, tmp_path, monkeypatch):
+    from act_lora_fast.train import loop
+
+    def interrupted(config, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    code, err = _run(capsys, ["train", "--model", str(tmp_path), *QUICK])
+    assert code == 130 and _one_line(err) == "act-lora train: interrupted"
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_bad_output_dir_exits_2_before_any_work(capsys, tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
+    code, err = _run(capsys, ["train", "--model", "no-such-org/no-such-model", "--output-dir", str(out), *QUICK])
+    assert code == 2 and str(out) in _one_line(err) and "model folder not found" not in err
+
+
+def test_earlier_run_folder_needs_overwrite(capsys, tiny_model, sst2_dir, tmp_path):  # noqa: F811
+    out = str(tmp_path / "run")
+    assert _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", out, *QUICK])[0] == 0
+    code, err = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", out, *QUICK])
+    assert code == 2 and "--overwrite" in _one_line(err)
+    code, _ = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", out,
+                            "--overwrite", "--no-save-adapter", *QUICK])
+    assert code == 0 and sorted(os.listdir(out)) == ["report.json"]
+
+
+def test_resume_with_conflicting_lora_options_is_refused(capsys, tiny_model, sst2_dir, tmp_path):  # noqa: F811
+    out = str(tmp_path / "a")
+    assert _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", out,
+                         "--selection", "last", "--k", "1", "--r", "4", "--alpha", "8", *QUICK])[0] == 0
+    adapter = os.path.join(out, "adapter")
+    code, err = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--resume-from", adapter,
+                              "--alpha", "16", *QUICK])
+    assert code == 2 and "--alpha 16 conflicts with the adapter" in _one_line(err) and "alpha=8" in err
+    out_b = str(tmp_path / "b")  # the same values, or none, are fine; the report records the adapter's
+    code, _ = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--resume-from", adapter,
+                            "--r", "4", "--output-dir", out_b, *QUICK])
+    report = json.loads(open(os.path.join(out_b, "report.json")).read())
+    assert code == 0 and report["config"]["r"] == 4 and report["config"]["alpha"] == 8
+    assert report["lora"]["alpha"] == 8 and report["resumed_from"] == adapter
+
+
+def test_compare_without_tasks_or_variants_exits_2(capsys, tmp_path):
+    code, err = _run(capsys, ["compare", "--task", "", "--model", str(tmp_path), "--output-dir", str(tmp_path)])
+    assert code == 2 and "--task needs at least one task name" in _one_line(err)
+    code, err = _run(capsys, ["compare", "--task", "sst2", "--fractions", "", "--baselines", "",
+                              "--model", str(tmp_path), "--output-dir", str(tmp_path / "c")])
+    assert code == 2 and "nothing to compare" in _one_line(err)
+
+
+def test_compare_refuses_an_earlier_compare_before_any_run(capsys, tmp_path):
+    out = tmp_path / "cmp"
+    (out / "activation-50pct").mkdir(parents=True)
+    (out / "activation-50pct" / "report.json").write_text("{}")
+    argv = ["compare", "--task", "sst2", "--fractions", "0.5", "--baselines", "",
+            "--model", "no-such-org/no-such-model", "--output-dir", str(out)]
+    code, err = _run(capsys, argv)
+    assert code == 2 and "activation-50pct" in _one_line(err) and "--overwrite" in err
+
+
+def test_demo_output_dir_that_is_a_file_fails_first(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    code, err = _run(capsys, ["demo", "--output-dir", str(tmp_path / "f"), "--model", "no-such-org/no-such-model"])
+    assert code == 2 and "is a file" in _one_line(err)
