@@ -107,6 +107,9 @@ class FastActLoRALinear(nn.Module):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+        if x.is_meta or self.base_layer.weight.is_meta:
+            raise ValueError("FastActLoRALinear got a tensor on the meta device (no data); load the model's "
+                             "weights before running it")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input's last dim must be in_features={self.in_features}, got shape "
                              f"{tuple(x.shape)}")

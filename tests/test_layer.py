@@ -354,3 +354,9 @@ def test_update_score_off_or_without_grad_accumulates_nothing():
     with torch.no_grad():
         layer(torch.randn(5, 48))
     assert layer.norm_stats()["update_count"] == 0
+
+
+def test_meta_device_input_is_refused_clearly():
+    layer = FastActLoRALinear(nn.Linear(5, 3), r=2)
+    with pytest.raises(ValueError, match="meta device"):
+        layer(torch.empty(2, 5, device="meta"))
