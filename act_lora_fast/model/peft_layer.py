@@ -20,7 +20,6 @@ LoRA dropout runs through our regenerated-mask op, not ``nn.Dropout``: the masks
 from torch's CPU generator, so the random stream differs from PEFT's (same distribution, other masks).
 """
 import contextlib
-import threading
 import warnings
 
 import torch
@@ -143,7 +142,6 @@ class FusedLoraLinear(peft_lora_layer.Linear):
 
 # ---------------------------------------------------------------------- switching PEFT over
 _original_dispatch_default = peft_lora_model.dispatch_default
-_patch_lock = threading.Lock()
 
 
 def _fused_dispatch_default(target, adapter_name, config, parameter_name=None, **kwargs):
@@ -159,14 +157,12 @@ def patch_peft():
 
     Layers created before the call stay PEFT's plain ``lora.Linear`` (they still work, unfused).
     """
-    with _patch_lock:
-        peft_lora_model.dispatch_default = _fused_dispatch_default
+    peft_lora_model.dispatch_default = _fused_dispatch_default
 
 
 def unpatch_peft():
     """Undo `patch_peft` (layers already built stay fused; new ones are PEFT's again). Idempotent."""
-    with _patch_lock:
-        peft_lora_model.dispatch_default = _original_dispatch_default
+    peft_lora_model.dispatch_default = _original_dispatch_default
 
 
 def is_peft_patched():
