@@ -19,8 +19,8 @@ from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 from act_lora_fast.functional import dropout_mask  # noqa: E402
 from act_lora_fast.model import peft_layer  # noqa: E402
-from act_lora_fast.model.peft_layer import (FusedLoraLinear, fused_lora_config, is_peft_patched, patch_peft,  # noqa: E402
-                                            peft_patched, unpatch_peft)
+from act_lora_fast.model.peft_layer import (  # noqa: E402
+    FusedLoraLinear, fused_lora_config, is_peft_patched, patch_peft, peft_patched, unpatch_peft)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 IN, HIDDEN, OUT = 13, 29, 7  # odd sizes on purpose
