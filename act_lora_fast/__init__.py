@@ -36,6 +36,15 @@ _LAZY = {
     "evaluate": ("train.evaluate", "evaluate"),
     "run_compare": ("train.compare", "run_compare"),
     "load_glue": ("data.glue", "load_glue"),
+    # PEFT integration (needs peft installed)
+    "FusedLoraLinear": ("model.peft_layer", "FusedLoraLinear"),
+    "patch_peft": ("model.peft_layer", "patch_peft"),
+    "unpatch_peft": ("model.peft_layer", "unpatch_peft"),
+    "peft_patched": ("model.peft_layer", "peft_patched"),
+    "is_peft_patched": ("model.peft_layer", "is_peft_patched"),
+    "fused_lora_config": ("model.peft_layer", "fused_lora_config"),
+    "act_lora_config": ("method.peft_config", "act_lora_config"),
+    "get_act_lora_model": ("method.peft_config", "get_act_lora_model"),
 }
 
 __all__ = ["FastActLoRALinear", "lora_linear", *_LAZY]

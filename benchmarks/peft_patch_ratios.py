@@ -82,10 +82,11 @@ def linear_table(device, dtype, rounds, inner, timed):
 
 
 def minilm_table(device, rounds, batch_size, seq_len, clock):
-    from act_lora_fast.scaling import (BenchSettings, Variant, build_variant, load_base_model,
-                                       measure_training_steps, synthetic_batch)
+    from act_lora_fast.measure.harness import (BenchSettings, Variant, build_variant, measure_training_steps,
+                                               synthetic_batch)
+    from act_lora_fast.model.hf import load_classifier
 
-    base, _ = load_base_model("minilm")
+    base, _ = load_classifier("minilm", require_tokenizer=False)
     batch = synthetic_batch(base, batch_size, seq_len, device=device)
     settings = BenchSettings(r=8, alpha=16, target_modules="all-linear", steps=1, warmup_steps=1, clock=clock)
     layers = tuple(range(base.config.num_hidden_layers))

@@ -13,8 +13,9 @@ import torch
 
 pytest.importorskip("peft")
 from act_lora_fast.model.peft_layer import FusedLoraLinear, peft_patched  # noqa: E402
-from act_lora_fast.scaling import (BenchSettings, Variant, build_variant, load_base_model,  # noqa: E402
-                                   measure_training_steps, resolve_device, synthetic_batch)
+from act_lora_fast.measure.harness import (BenchSettings, Variant, build_variant,  # noqa: E402
+                                          measure_training_steps, resolve_device, synthetic_batch)
+from act_lora_fast.model.hf import load_classifier  # noqa: E402
 from lora_linear_cases import GPU_SHAPES, SHAPES, make_ours, make_peft  # noqa: E402
 from peft_patch_ratios import make_peft_patched  # noqa: E402
 
@@ -47,7 +48,7 @@ def test_peft_patch_lora_linear(benchmark, shape, dropout, contender):
 
 @pytest.mark.parametrize("contender", ["ours", "peft", "peft+patch"])
 def test_peft_patch_minilm_step(benchmark, bench_env, contender):
-    model, _ = load_base_model(bench_env["model"])
+    model, _ = load_classifier(bench_env["model"], require_tokenizer=False)
     device = resolve_device(bench_env["device"])
     options = bench_env["peft"]
     batch = synthetic_batch(model, options["batch_size"], options["seq_len"], device=device)

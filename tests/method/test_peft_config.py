@@ -11,8 +11,8 @@ from peft.tuners.lora import Linear as PeftLoraLinear  # noqa: E402
 
 from act_lora_fast.method.peft_config import act_lora_config, get_act_lora_model  # noqa: E402
 from act_lora_fast.model.peft_layer import FusedLoraLinear, is_peft_patched  # noqa: E402
-from act_lora_fast.profiling import profile_activations  # noqa: E402
-from act_lora_fast.selection import select_layers  # noqa: E402
+from act_lora_fast.method.profiling import profile_activations  # noqa: E402
+from act_lora_fast.method.selection import select_layers  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 97
