@@ -116,7 +116,7 @@ def test_bad_input_is_named():
         act_lora_config(model, data, k=1, layers_pattern="layers")
     with pytest.raises(ValueError, match="exactly one of k, fraction or cumulative"):
         act_lora_config(model, data, k=1, fraction=0.5)
-    with pytest.raises(ValueError, match="k must be between 1"):
+    with pytest.raises(ValueError, match="k must be an int between 1"):
         act_lora_config(model, data, k=3)
     with pytest.raises(ValueError, match="unknown metric"):
         act_lora_config(model, data, k=1, metric="weight_norm")
