@@ -50,12 +50,16 @@ def check_triton_device(*tensors, kernel=None) -> None:
     TRITON_INTERPRET=1 was set only after the kernels had been decorated: they were
     then built for the GPU and would fail with an obscure pointer error on CPU data.
     """
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        raise RuntimeError(f"backend='triton' needs all tensors on one device, got {sorted(map(str, devices))}")
-    for dev in devices:
-        if dev.type == "cuda":
-            continue
+    dev = None
+    for t in tensors:  # a plain loop: this runs on every launch
+        if t is not None:
+            if dev is None:
+                dev = t.device
+            elif t.device != dev:
+                devices = {u.device for u in tensors if u is not None}
+                raise RuntimeError(f"backend='triton' needs all tensors on one device, got "
+                                   f"{sorted(map(str, devices))}")
+    if dev is not None and dev.type != "cuda":
         if dev.type != "cpu" or not interpret_env():
             raise RuntimeError(_INTERPRET_ERROR + f" (got tensors on {dev})")
         if kernel is not None and type(kernel).__name__ != "InterpretedFunction":
@@ -142,6 +146,7 @@ GEMM_CONFIGS_32 = [
 ]
 # Interpreter: fixed, moderately large tiles (few python-level block ops -> fast tests).
 INTERP_GEMM = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4})
+INTERP_BLOCK = 64  # INTERP_GEMM's BLOCK_M and BLOCK_N
 
 
 def autotune_enabled() -> bool:
@@ -181,6 +186,9 @@ class ConfigTuner:
 
 def launch_options(config: triton.Config) -> dict:
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+INTERP_OPTIONS = launch_options(INTERP_GEMM)  # built once: the interpreter's launches run on every call
 
 
 # ---------------------------------------------------------------------------------------------- dots
