@@ -1,15 +1,23 @@
 """Python (host) time of one forward + backward of FastActLoRALinear on the Triton path, kernels stubbed.
 
-    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000]
+    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000] [--baseline REF]
 
 Runs on the CPU: TRITON_INTERPRET=1 lets the host code accept CPU tensors, and every @triton.jit kernel of
 ours is replaced by a stub whose launch does nothing, so what is timed is our wrappers, checks, allocations and
 small torch ops (the real launches add Triton's own launch cost on a GPU). Beside it, the same module on the
 torch backend and a plain nn.Linear, interleaved in one process; medians of per-iteration process time.
+With ``--baseline REF`` (a git commit of this repository) the package as of REF is imported too (a renamed
+copy from ``git archive``) and its Triton and torch paths join the interleaved rounds: before/after in one
+process, under the same load.
 """
 import argparse
+import importlib
 import os
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -28,11 +36,31 @@ class InterpretedFunction:
         return lambda *args, **kwargs: None
 
 
-def stub_kernels():
-    for module in (forward, backward):
+def stub_kernels(modules=(forward, backward)):
+    for module in modules:
         for name in dir(module):
             if name.startswith("_") and name.endswith("_kernel"):
                 setattr(module, name, InterpretedFunction())
+
+
+def import_baseline(ref):
+    """The package as of git `ref`, imported as `act_lora_fast_at_<ref>` (its imports are relative)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = tempfile.mkdtemp(prefix="host_overhead_")
+    archive = subprocess.run(["git", "-C", root, "archive", ref, "act_lora_fast"], check=True,
+                             capture_output=True).stdout
+    name = "act_lora_fast_at_" + "".join(c if c.isalnum() else "_" for c in ref)
+    tar_path = os.path.join(folder, "pkg.tar")
+    with open(tar_path, "wb") as f:
+        f.write(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(folder, filter="data")
+    os.rename(os.path.join(folder, "act_lora_fast"), os.path.join(folder, name))
+    sys.path.insert(0, folder)
+    layer = importlib.import_module(name + ".layer")
+    stub_kernels([importlib.import_module(name + ".kernels.triton.forward"),
+                  importlib.import_module(name + ".kernels.triton.backward")])
+    return layer.FastActLoRALinear
 
 
 def step_seconds(module, x, dy):
@@ -47,6 +75,7 @@ def main():
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--baseline", metavar="REF", help="also time the package as of this git commit")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stub_kernels()
@@ -57,6 +86,10 @@ def main():
         "torch backend": FastActLoRALinear(base, r=args.r, backend="torch"),
         "nn.Linear (x grad only)": nn.Linear(args.features, args.features).requires_grad_(False),
     }
+    if args.baseline:
+        old_layer = import_baseline(args.baseline)
+        variants[f"triton @ {args.baseline}"] = old_layer(base, r=args.r, backend="triton")
+        variants[f"torch @ {args.baseline}"] = old_layer(base, r=args.r, backend="torch")
     x = torch.randn(args.tokens, args.features, requires_grad=True)
     dy = torch.randn(args.tokens, args.features)
     times = {name: [] for name in variants}
@@ -67,7 +100,7 @@ def main():
                 times[name].append(seconds)
     print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} (median µs per fwd+bwd)")
     for name, values in times.items():
-        print(f"  {name:26s} {statistics.median(values) * 1e6:8.1f}")
+        print(f"  {name:32s} {statistics.median(values) * 1e6:8.1f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 
 The dropout mask is never stored: it is regenerated with tl.rand(seed, row * K_in + col).
 """
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -237,6 +238,7 @@ def _lora_dA_kernel(
     tl.store(out, acc * scaling, mask=r_mask[:, None] & k_mask[None, :])
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every backward
 def _split_t(T: int, n_col_blocks: int, device) -> tuple:
     """(num_splits, rows_per_split) so the T-reductions fill the GPU (>= ~2 programs per SM)."""
     row_blocks = cdiv(T, RED_BLOCK_T)

@@ -109,16 +109,19 @@ def skinny_launch(t: torch.Tensor, BR: int) -> dict:
     return dict(num_warps=8 if BR >= 64 else 4, num_stages=3)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every launch
 def block_r(r: int) -> int:
     # tl.dot needs every dim >= 16 on sm_90 for 16-bit operands, and power-of-two tiles.
     return max(16, next_power_of_2(int(r)))
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every launch
 def gemm_block_r(R: int, f32: bool) -> int:
     """Rank chunk of the GEMM epilogues (>= 16 for the MMA; small for FMA-based fp32 dots)."""
     return min(block_r(R), 32 if f32 else 64)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every launch
 def rows_block(T: int, device) -> int:
     """Row tile of the memory-bound passes over x or dy: keep >= ~2 waves of programs on the GPU."""
     if torch.device(device).type != "cuda":
