@@ -17,7 +17,7 @@ import os
 import torch
 
 from .kernels.reference import UpdateTap, lora_linear_reference, row_sq_norms_reference
-from .kernels.torch_fused import TorchFusedLoRA, TorchProbeLinear, dropout_keep_mask, fused_forward
+from .kernels.torch_fused import dropout_keep_mask, fused_forward, torch_fused_lora, torch_probe_linear
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 BACKEND_ENV_VAR = "ACT_LORA_BACKEND"
@@ -31,6 +31,7 @@ def check_backend_name(backend):
     return backend
 
 
+@functools.lru_cache(maxsize=None)  # asked on every call with backend='triton'; an installed package stays
 def _triton_importable():
     try:
         import triton  # noqa: F401
@@ -250,10 +251,10 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
 
     if backend == "torch":
         if probe:
-            y, rowsq = TorchProbeLinear.apply(x2d, weight, bias, update_sink, flat_mask)
+            y, rowsq = torch_probe_linear(x2d, weight, bias, update_sink, flat_mask)
         elif torch.is_grad_enabled():
-            out = TorchFusedLoRA.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                       compute_rowsq, update_sink, flat_mask)
+            out = torch_fused_lora(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
+                                   update_sink, flat_mask)
             y, rowsq = out if compute_rowsq else (out, None)
         else:  # no_grad / inference_mode: the same forward without autograd's bookkeeping
             y, rowsq, _, _ = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
@@ -263,8 +264,8 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
         if probe:
             y, rowsq = autograd.triton_probe_linear(x2d, weight, bias, update_sink=update_sink, token_mask=flat_mask)
         else:
-            out = autograd.TritonLoRAFunction.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                                    compute_rowsq, update_sink, flat_mask)
+            out = autograd.triton_lora_function(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
+                                                compute_rowsq, update_sink, flat_mask)
             y, rowsq = out if compute_rowsq else (out, None)
     else:  # reference
         keep = None

@@ -18,6 +18,30 @@ The same code runs on CUDA tensors (cuBLAS GEMMs), where it competes with the Tr
 import torch
 
 
+_FUNCTION_BASE_APPLY = torch._C._FunctionBase.__dict__.get("apply")
+
+
+def direct_apply(function):
+    """`function.apply` without the Python wrapper of ``torch.autograd.Function.apply`` (~1.5 µs a call, paid by
+    every layer on every step): outside functorch transforms that wrapper only unwraps dead functorch wrappers
+    and calls the C++ apply, which this does with a plain loop. Under a transform (or on a torch without the
+    C++ entry point) it is the ordinary ``function.apply``."""
+    base = _FUNCTION_BASE_APPLY
+    if base is None or not hasattr(torch._C, "_are_functorch_transforms_active"):
+        return function.apply
+    raw = base.__get__(None, function)
+    active = torch._C._are_functorch_transforms_active
+    unwrap = torch._C._functorch.unwrap_if_dead
+    Tensor = torch.Tensor
+
+    def apply(*args):
+        if active():
+            return function.apply(*args)
+        return raw(*[unwrap(a) if isinstance(a, Tensor) else a for a in args])
+
+    return apply
+
+
 def _mix32(value):
     """A 32-bit integer finaliser (Wellons' lowbias32) on Python ints: seeds -> well-spread constants."""
     value &= 0xFFFFFFFF
@@ -236,3 +260,7 @@ class TorchProbeLinear(torch.autograd.Function):
         d_weight, d_bias = base_grads(ctx, dy, x2d)
         update = update_sums(x_rowsq, row_sq_norms(dy), token_mask) if x_rowsq is not None else None
         return (dy @ weight if ctx.needs_input_grad[0] else None), d_weight, d_bias, update, None
+
+
+torch_fused_lora = direct_apply(TorchFusedLoRA)  # TorchFusedLoRA.apply, cheaper on the host
+torch_probe_linear = direct_apply(TorchProbeLinear)
