@@ -129,7 +129,7 @@ class FastActLoRALinear(nn.Module):
             lora_B = modules["lora_B"]._parameters.get("weight")
             if lora_A is None or lora_B is None:
                 lora_A, lora_B = self.lora_A.weight, self.lora_B.weight
-        device_type = x.device.type
+        device_type = "cpu" if x.is_cpu else ("cuda" if x.is_cuda else x.device.type)  # no torch.device built
         autocast_on = torch.is_autocast_enabled(device_type)
         if autocast_on:
             dtype = torch.get_autocast_dtype(device_type)

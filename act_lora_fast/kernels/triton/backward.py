@@ -259,11 +259,13 @@ def _reduce_splits(part, dtype, ndim):
     return total if total.dtype == dtype else total.to(dtype)
 
 
-def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq):
-    """dB (and, when asked, dy @ B and the row sums of dy^2) from one read of dy: see _dy_pass_kernel."""
+def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq, interp=None):
+    """dB (and, when asked, dy @ B and the row sums of dy^2) from one read of dy: see _dy_pass_kernel.
+    `interp`: use_interpreter_path(dy), when the caller knows it."""
     T, N = dy.shape
     dev = dy.device
-    interp = use_interpreter_path(dy)
+    if interp is None:
+        interp = use_interpreter_path(dy)
     # Wide column blocks keep the (column blocks x T x r) partials of dy @ B small; the dB accumulator
     # (BLOCK_N x BLOCK_R fp32) bounds the width.
     block_n = 64 if interp else min(256, 8192 // BR)
@@ -362,7 +364,8 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
             )
         if needs_dB:
             dyb_f, dB, rowsq_f = _dy_pass(dy, lora_B, xa, R=R, BR=BR, f32=f32, scaling=scaling,
-                                          with_rows=fused and needs_rows, with_rowsq=fused and rowsq_in_pass)
+                                          with_rows=fused and needs_rows, with_rowsq=fused and rowsq_in_pass,
+                                          interp=interp)
             if fused:
                 dyb, dy_rowsq = (dyb_f if needs_rows else None), (rowsq_f if rowsq_in_pass else dy_rowsq)
 

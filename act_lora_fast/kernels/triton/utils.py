@@ -69,9 +69,12 @@ def check_triton_device(*tensors, kernel=None) -> None:
                                "triton>=3.7 to run the kernels on CPU tensors, or use backend='torch'")
 
 
+_NO_GUARD = contextlib.nullcontext()  # stateless: one instance serves every CPU launch
+
+
 def device_guard(t: torch.Tensor):
     """Launch on the tensors' GPU, not on whichever one is current."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+    return torch.cuda.device(t.device) if t.is_cuda else _NO_GUARD
 
 
 # Triton picks the interpreter when it decorates the kernels, i.e. when this package is imported.
@@ -80,7 +83,7 @@ KERNELS_INTERPRETED = interpret_env()
 
 def use_interpreter_path(t: torch.Tensor) -> bool:
     """Fixed small configs + fp32 dots: CPU tensors only ever run under the interpreter."""
-    return t.device.type != "cuda" or KERNELS_INTERPRETED
+    return KERNELS_INTERPRETED or not t.is_cuda  # is_cuda: no torch.device object built per call
 
 
 @functools.lru_cache(maxsize=None)  # asked on every launch; a device's SM count does not change
