@@ -63,10 +63,14 @@ def import_baseline(ref):
     return layer.FastActLoRALinear
 
 
-def step_seconds(module, x, dy):
+def step_seconds(module, x, dy, accumulate_grads=False):
     start = time.process_time_ns()
     module(x).backward(dy)
-    return (time.process_time_ns() - start) / 1e9
+    seconds = (time.process_time_ns() - start) / 1e9
+    if not accumulate_grads:  # as optimizer.zero_grad() leaves them: the next backward's grads are stolen
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+    return seconds
 
 
 def main():
@@ -76,6 +80,10 @@ def main():
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3000)
     parser.add_argument("--baseline", metavar="REF", help="also time the package as of this git commit")
+    parser.add_argument("--accumulate-grads", action="store_true",
+                        help="keep the gradients between steps (each backward then adds into x.grad, A.grad and "
+                             "B.grad); by default they are set to None after every step, outside the timing, as "
+                             "a training loop's zero_grad() does")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stub_kernels()
@@ -95,10 +103,12 @@ def main():
     times = {name: [] for name in variants}
     for i in range(args.iters + 200):  # interleaved; the first 200 rounds are warm-up
         for name, module in variants.items():
-            seconds = step_seconds(module, x, dy)
+            seconds = step_seconds(module, x, dy, args.accumulate_grads)
             if i >= 200:
                 times[name].append(seconds)
-    print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} (median µs per fwd+bwd)")
+    print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} "
+          f"grads {'accumulated' if args.accumulate_grads else 'set to None after each step'} "
+          "(median µs per fwd+bwd)")
     for name, values in times.items():
         print(f"  {name:32s} {statistics.median(values) * 1e6:8.1f}")
 
