@@ -25,17 +25,18 @@ def direct_apply(function):
     """`function.apply` without the Python wrapper of ``torch.autograd.Function.apply`` (~1.5 µs a call, paid by
     every layer on every step): outside functorch transforms that wrapper only unwraps dead functorch wrappers
     and calls the C++ apply, which this does with a plain loop. Under a transform (or on a torch without the
-    C++ entry point) it is the ordinary ``function.apply``."""
+    C++ entry point), and while torch.compile traces, it is the ordinary ``function.apply``."""
     base = _FUNCTION_BASE_APPLY
     if base is None or not hasattr(torch._C, "_are_functorch_transforms_active"):
         return function.apply
     raw = base.__get__(None, function)
     active = torch._C._are_functorch_transforms_active
+    compiling = torch.compiler.is_compiling
     unwrap = torch._C._functorch.unwrap_if_dead
     Tensor = torch.Tensor
 
     def apply(*args):
-        if active():
+        if active() or compiling():  # transforms and torch.compile see the ordinary Function.apply
             return function.apply(*args)
         return raw(*[unwrap(a) if isinstance(a, Tensor) else a for a in args])
 
