@@ -17,7 +17,7 @@ import os
 import torch
 
 from .kernels.reference import UpdateTap, lora_linear_reference, row_sq_norms_reference
-from .kernels.torch_fused import TorchFusedLoRA, TorchProbeLinear, dropout_keep_mask, fused_forward
+from .kernels.torch_fused import dropout_keep_mask, fused_forward, torch_fused_lora, torch_probe_linear
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 BACKEND_ENV_VAR = "ACT_LORA_BACKEND"
@@ -31,6 +31,7 @@ def check_backend_name(backend):
     return backend
 
 
+@functools.lru_cache(maxsize=None)  # asked on every call with backend='triton'; an installed package stays
 def _triton_importable():
     try:
         import triton  # noqa: F401
@@ -139,8 +140,39 @@ def _shape(t):
     return tuple(t.shape)
 
 
+def _inputs_ok(x, weight, bias, lora_A, lora_B, dropout_p):
+    """The common case, checked with a few attribute reads (every call pays this); False sends the caller to
+    `check_lora_inputs`'s full check, which names the problem."""
+    Tensor = torch.Tensor
+    if not (isinstance(x, Tensor) and isinstance(weight, Tensor)):
+        return False
+    dtype, device = x.dtype, x.device
+    if not dtype.is_floating_point or weight.dtype is not dtype or weight.device != device or weight.dim() != 2:
+        return False
+    n_out, k_in = weight.shape
+    if x.dim() == 0 or x.shape[-1] != k_in:
+        return False
+    if bias is not None and not (isinstance(bias, Tensor) and bias.dtype is dtype and bias.device == device
+                                 and bias.dim() == 1 and bias.shape[0] == n_out):
+        return False
+    if not (isinstance(dropout_p, float) and 0.0 <= dropout_p < 1.0):  # ints and odd types: the full check
+        return False
+    if lora_A is None:
+        return lora_B is None
+    if not (isinstance(lora_A, Tensor) and isinstance(lora_B, Tensor)):
+        return False
+    if lora_A.dtype is not dtype or lora_B.dtype is not dtype or lora_A.device != device or lora_B.device != device:
+        return False
+    if lora_A.dim() != 2 or lora_B.dim() != 2:
+        return False
+    r, a_in = lora_A.shape
+    return r >= 1 and a_in == k_in and tuple(lora_B.shape) == (n_out, r)
+
+
 def check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p=0.0):
     """Clear TypeError / ValueError for inputs the kernels would read out of bounds or BLAS reject cryptically."""
+    if _inputs_ok(x, weight, bias, lora_A, lora_B, dropout_p):
+        return
     named = {"x": x, "weight": weight, "bias": bias, "lora_A": lora_A, "lora_B": lora_B}
     given = {name: t for name, t in named.items() if t is not None or name in ("x", "weight")}
     for name, t in given.items():
@@ -203,40 +235,61 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
     or devices raise a TypeError / ValueError naming the problem, whatever the backend.
     """
     check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p)
-    _check_update_args(x, update_sink, token_mask)
-    lead_shape = x.shape[:-1]
-    x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if update_sink is not None or token_mask is not None:
+        _check_update_args(x, update_sink, token_mask)
+    two_d = x.dim() == 2
+    x2d = x if two_d else x.reshape(-1, x.shape[-1])
     flat_mask = token_mask.reshape(-1) if token_mask is not None and token_mask.dim() != 1 else token_mask
     probe = lora_A is None
-    backend = resolve_backend(backend, x.device, dtype=x.dtype,
-                              shape=(x2d.shape[0], weight.shape[1], weight.shape[0], 0 if probe else lora_A.shape[0]))
+    device = x.device
+    if backend == "torch" or (backend == "auto" and device.type == "cpu" and BACKEND_ENV_VAR not in os.environ):
+        backend = "torch"  # the common cases, on every call: nothing further to check
+    else:
+        backend = resolve_backend(backend, device, dtype=x.dtype,
+                                  shape=(x2d.shape[0], weight.shape[1], weight.shape[0],
+                                         0 if probe else lora_A.shape[0]))
 
-    if backend == "reference":
+    if backend == "torch":
+        if probe:
+            y, rowsq = torch_probe_linear(x2d, weight, bias, update_sink, flat_mask)
+        elif torch.is_grad_enabled():
+            out = torch_fused_lora(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
+                                   update_sink, flat_mask)
+            y, rowsq = out if compute_rowsq else (out, None)
+        else:  # no_grad / inference_mode: the same forward without autograd's bookkeeping
+            y, rowsq, _, _ = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
+                                           compute_rowsq)
+    elif backend == "triton":
+        autograd = _triton_autograd()
+        if probe:
+            y, rowsq = autograd.triton_probe_linear(x2d, weight, bias, update_sink=update_sink, token_mask=flat_mask)
+        else:
+            out = autograd.triton_lora_function(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
+                                                compute_rowsq, update_sink, flat_mask)
+            y, rowsq = out if compute_rowsq else (out, None)
+    else:  # reference
         keep = None
         if not probe and dropout_p > 0.0:
-            keep = dropout_keep_mask(x2d.shape, dropout_p, seed, x.device, x.dtype)
+            keep = dropout_keep_mask(x2d.shape, dropout_p, seed, device, x.dtype)
         y = lora_linear_reference(x2d, weight, bias, lora_A, lora_B, scaling, keep)
         if update_sink is not None:
             y = UpdateTap.apply(y, x2d, update_sink, flat_mask)
         rowsq = row_sq_norms_reference(x2d).float() if compute_rowsq else None
-    elif backend == "triton":
-        from .kernels.triton.autograd import triton_lora_linear, triton_probe_linear
 
-        if probe:
-            y, rowsq = triton_probe_linear(x2d, weight, bias, update_sink=update_sink, token_mask=flat_mask)
-        else:
-            y, rowsq = triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=dropout_p,
-                                          seed=seed, compute_rowsq=compute_rowsq, update_sink=update_sink,
-                                          token_mask=flat_mask)
-    elif probe:
-        y, rowsq = TorchProbeLinear.apply(x2d, weight, bias, update_sink, flat_mask)
-    elif torch.is_grad_enabled():
-        y, rowsq = TorchFusedLoRA.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                        compute_rowsq, update_sink, flat_mask)
-    else:  # no_grad / inference_mode: the same forward without autograd's bookkeeping
-        y, rowsq, _, _ = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq)
-
-    if x.dim() != 2:
+    if not two_d:
+        lead_shape = x.shape[:-1]
         y = y.reshape(*lead_shape, weight.shape[0])
         rowsq = rowsq.reshape(lead_shape) if compute_rowsq else None
     return y, (rowsq if compute_rowsq else None)
+
+
+_TRITON_AUTOGRAD = []
+
+
+def _triton_autograd():
+    """The Triton autograd module, imported on first use (Triton may be absent; an import per call costs)."""
+    if not _TRITON_AUTOGRAD:
+        from .kernels.triton import autograd
+
+        _TRITON_AUTOGRAD.append(autograd)
+    return _TRITON_AUTOGRAD[0]

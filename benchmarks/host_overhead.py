@@ -1,15 +1,23 @@
 """Python (host) time of one forward + backward of FastActLoRALinear on the Triton path, kernels stubbed.
 
-    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000]
+    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000] [--baseline REF]
 
 Runs on the CPU: TRITON_INTERPRET=1 lets the host code accept CPU tensors, and every @triton.jit kernel of
 ours is replaced by a stub whose launch does nothing, so what is timed is our wrappers, checks, allocations and
 small torch ops (the real launches add Triton's own launch cost on a GPU). Beside it, the same module on the
 torch backend and a plain nn.Linear, interleaved in one process; medians of per-iteration process time.
+With ``--baseline REF`` (a git commit of this repository) the package as of REF is imported too (a renamed
+copy from ``git archive``) and its Triton and torch paths join the interleaved rounds: before/after in one
+process, under the same load.
 """
 import argparse
+import importlib
 import os
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -28,17 +36,41 @@ class InterpretedFunction:
         return lambda *args, **kwargs: None
 
 
-def stub_kernels():
-    for module in (forward, backward):
+def stub_kernels(modules=(forward, backward)):
+    for module in modules:
         for name in dir(module):
             if name.startswith("_") and name.endswith("_kernel"):
                 setattr(module, name, InterpretedFunction())
 
 
-def step_seconds(module, x, dy):
+def import_baseline(ref):
+    """The package as of git `ref`, imported as `act_lora_fast_at_<ref>` (its imports are relative)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = tempfile.mkdtemp(prefix="host_overhead_")
+    archive = subprocess.run(["git", "-C", root, "archive", ref, "act_lora_fast"], check=True,
+                             capture_output=True).stdout
+    name = "act_lora_fast_at_" + "".join(c if c.isalnum() else "_" for c in ref)
+    tar_path = os.path.join(folder, "pkg.tar")
+    with open(tar_path, "wb") as f:
+        f.write(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(folder, filter="data")
+    os.rename(os.path.join(folder, "act_lora_fast"), os.path.join(folder, name))
+    sys.path.insert(0, folder)
+    layer = importlib.import_module(name + ".layer")
+    stub_kernels([importlib.import_module(name + ".kernels.triton.forward"),
+                  importlib.import_module(name + ".kernels.triton.backward")])
+    return layer.FastActLoRALinear
+
+
+def step_seconds(module, x, dy, accumulate_grads=False):
     start = time.process_time_ns()
     module(x).backward(dy)
-    return (time.process_time_ns() - start) / 1e9
+    seconds = (time.process_time_ns() - start) / 1e9
+    if not accumulate_grads:  # as optimizer.zero_grad() leaves them: the next backward's grads are stolen
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+    return seconds
 
 
 def main():
@@ -47,6 +79,11 @@ def main():
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--baseline", metavar="REF", help="also time the package as of this git commit")
+    parser.add_argument("--accumulate-grads", action="store_true",
+                        help="keep the gradients between steps (each backward then adds into x.grad, A.grad and "
+                             "B.grad); by default they are set to None after every step, outside the timing, as "
+                             "a training loop's zero_grad() does")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stub_kernels()
@@ -57,17 +94,23 @@ def main():
         "torch backend": FastActLoRALinear(base, r=args.r, backend="torch"),
         "nn.Linear (x grad only)": nn.Linear(args.features, args.features).requires_grad_(False),
     }
+    if args.baseline:
+        old_layer = import_baseline(args.baseline)
+        variants[f"triton @ {args.baseline}"] = old_layer(base, r=args.r, backend="triton")
+        variants[f"torch @ {args.baseline}"] = old_layer(base, r=args.r, backend="torch")
     x = torch.randn(args.tokens, args.features, requires_grad=True)
     dy = torch.randn(args.tokens, args.features)
     times = {name: [] for name in variants}
     for i in range(args.iters + 200):  # interleaved; the first 200 rounds are warm-up
         for name, module in variants.items():
-            seconds = step_seconds(module, x, dy)
+            seconds = step_seconds(module, x, dy, args.accumulate_grads)
             if i >= 200:
                 times[name].append(seconds)
-    print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} (median µs per fwd+bwd)")
+    print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} "
+          f"grads {'accumulated' if args.accumulate_grads else 'set to None after each step'} "
+          "(median µs per fwd+bwd)")
     for name, values in times.items():
-        print(f"  {name:26s} {statistics.median(values) * 1e6:8.1f}")
+        print(f"  {name:32s} {statistics.median(values) * 1e6:8.1f}")
 
 
 if __name__ == "__main__":

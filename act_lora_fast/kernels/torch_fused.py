@@ -6,7 +6,7 @@ Compared with the unfused formula (and PEFT's lora.Linear) it
   backward are each one big GEMM with no extra pass over y or dx (see `merges_on_the_fly`);
 - otherwise adds the rank-r expand into the base output in place (addmm) instead of allocating a second T×out
   tensor;
-- saves s·x·Aᵀ (r × T, s folded in once) for dB instead of recomputing it, and x only when A needs a gradient;
+- saves x·Aᵀ (r × T) for dB instead of recomputing it (s rides on the GEMMs' alpha, never a pass of its own), and x only when A needs a gradient;
 - runs the same forward without autograd under no_grad / inference_mode;
 - gets dx and dy·B from one GEMM against [W (+ s·B·A), B] in backward when that beats a separate dy·B;
 - computes the per-token Σx² in the same call, in fp32, for activation-norm tracking, and on request the
@@ -16,6 +16,31 @@ Compared with the unfused formula (and PEFT's lora.Linear) it
 The same code runs on CUDA tensors (cuBLAS GEMMs), where it competes with the Triton kernels.
 """
 import torch
+
+
+_FUNCTION_BASE_APPLY = torch._C._FunctionBase.__dict__.get("apply")
+
+
+def direct_apply(function):
+    """`function.apply` without the Python wrapper of ``torch.autograd.Function.apply`` (~1.5 µs a call, paid by
+    every layer on every step): outside functorch transforms that wrapper only unwraps dead functorch wrappers
+    and calls the C++ apply, which this does with a plain loop. Under a transform (or on a torch without the
+    C++ entry point), and while torch.compile traces, it is the ordinary ``function.apply``."""
+    base = _FUNCTION_BASE_APPLY
+    if base is None or not hasattr(torch._C, "_are_functorch_transforms_active"):
+        return function.apply
+    raw = base.__get__(None, function)
+    active = torch._C._are_functorch_transforms_active
+    compiling = torch.compiler.is_compiling
+    unwrap = torch._C._functorch.unwrap_if_dead
+    Tensor = torch.Tensor
+
+    def apply(*args):
+        if active() or compiling():  # transforms and torch.compile see the ordinary Function.apply
+            return function.apply(*args)
+        return raw(*[unwrap(a) if isinstance(a, Tensor) else a for a in args])
+
+    return apply
 
 
 def _mix32(value):
@@ -134,7 +159,7 @@ def fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=0.0, see
     """y = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ and the per-token Σx²; the forward of `TorchFusedLoRA`, also
     called directly where no gradient is wanted (inference skips autograd's bookkeeping).
 
-    Returns ``(y, rowsq, xa_t, merged)``: ``rowsq`` is None unless `compute_rowsq`; ``xa_t`` = s·(x·Aᵀ)ᵀ
+    Returns ``(y, rowsq, xa_t, merged)``: ``rowsq`` is None unless `compute_rowsq`; ``xa_t`` = (drop(x)·Aᵀ)ᵀ
     (r × T), kept when `keep_xa` (dB needs it) or when the expand uses it, else None.
     """
     rowsq = row_sq_norms(x2d) if compute_rowsq else None
@@ -144,22 +169,21 @@ def fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p=0.0, see
         x_lora = x2d
         if dropout_p > 0.0:  # drop(x) is written over the mask it came from: no second T × K buffer
             x_lora = dropout_keep_mask(x2d.shape, dropout_p, seed, x2d.device, x2d.dtype).mul_(x2d)
-        # (x·Aᵀ)ᵀ = A·xᵀ: a contiguous r × T is what dB needs. Scaled once here (r × T is tiny) so neither
-        # the expand nor dB needs a pass of its own for s. The forward output stays a plain contiguous tensor:
-        # stacking [W; A] into one GEMM was measured to slow the ops downstream that read (and save) a
-        # strided y.
-        xa_t = (lora_A @ x_lora.t()).mul_(scaling)
+        # (x·Aᵀ)ᵀ = A·xᵀ: a contiguous r × T is what dB needs. s rides on the GEMMs that read it (their alpha),
+        # never a pass of its own. The forward output stays a plain contiguous tensor: stacking [W; A] into one
+        # GEMM was measured to slow the ops downstream that read (and save) a strided y.
+        xa_t = lora_A @ x_lora.t()
         del x_lora
     weight_used = torch.addmm(weight, lora_B, lora_A, alpha=scaling) if merged else weight
     y = torch.addmm(bias, x2d, weight_used.t()) if bias is not None else x2d @ weight_used.t()
     del weight_used
     if not merged:
-        y.addmm_(xa_t.t(), lora_B.t())
+        y.addmm_(xa_t.t(), lora_B.t(), alpha=scaling)
     return y, rowsq, (xa_t if keep_xa else None), merged
 
 
 class TorchFusedLoRA(torch.autograd.Function):
-    """(y, rowsq) of the LoRA linear. `update_sink`, a float64 (2,) tensor requiring grad, or None: its
+    """(y, rowsq) of the LoRA linear (y alone when `compute_rowsq` is False). `update_sink`, a float64 (2,) tensor requiring grad, or None: its
     "gradient" is `update_sums` of this call, so the score reaches its owner through autograd (and the backward
     runs even where nothing else wants a gradient); `token_mask` (bool, (T,) or None) weights the score."""
 
@@ -173,13 +197,17 @@ class TorchFusedLoRA(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[3] or ctx.needs_input_grad[1]
         ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa_t,
                               rowsq if wants_update else None, token_mask if wants_update else None)
-        if not compute_rowsq:
-            rowsq = x2d.new_empty(0, dtype=torch.float32)
+        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
+        ctx.set_materialize_grads(False)
+        if not compute_rowsq:  # y alone: no placeholder output to allocate and mark
+            return y
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
 
     @staticmethod
-    def backward(ctx, dy, _drowsq):
+    def backward(ctx, dy, _drowsq=None):
+        if dy is None:  # y did not reach the loss
+            return (None,) * 11
         x2d, weight, lora_A, lora_B, xa_t, x_rowsq, token_mask = ctx.saved_tensors
         d_weight, d_bias = base_grads(ctx, dy, x2d)
         update = update_sums(x_rowsq, row_sq_norms(dy), token_mask) if x_rowsq is not None else None
@@ -197,19 +225,19 @@ class TorchFusedLoRA(torch.autograd.Function):
                 dx = dy @ weight
             # T × r, shared by dx's LoRA term and dA
             dyB = dy @ lora_B if ctx.needs_input_grad[0] or ctx.needs_input_grad[3] else None
-        if dyB is not None:
-            dyB.mul_(s)  # s·dy·B, T × r: scaled once for both dx and dA
+        # dy·B is T × r, shared by dx's LoRA term and dA; s rides on their GEMMs' alpha (no pass over it).
+        # addmm with beta=0 ignores its input (NaN included): lora_A / lora_Bᵀ only give the shape.
         if dx is not None and not (stacked and ctx.merged):  # the merged stack already holds dx's LoRA term
             if keep is None:
-                dx.addmm_(dyB, lora_A)
+                dx.addmm_(dyB, lora_A, alpha=s)
             else:
-                dx.addcmul_(dyB @ lora_A, keep)
+                dx.addcmul_(dyB @ lora_A, keep, value=s)
         if ctx.needs_input_grad[3]:
             x_lora = x2d if keep is None else keep.mul_(x2d)  # the mask is not needed after this
-            dA = dyB.t() @ x_lora
+            dA = torch.addmm(lora_A, dyB.t(), x_lora, beta=0, alpha=s)
         if ctx.needs_input_grad[4]:
             # (s·xaᵀ·dy)ᵀ rather than dyᵀ·xa: BLAS reduces over T far faster in this orientation.
-            dB = (xa_t @ dy).t()
+            dB = torch.addmm(lora_B.t(), xa_t, dy, beta=0, alpha=s).t()
         return dx, d_weight, d_bias, dA, dB, None, None, None, None, update, None
 
 
@@ -233,3 +261,7 @@ class TorchProbeLinear(torch.autograd.Function):
         d_weight, d_bias = base_grads(ctx, dy, x2d)
         update = update_sums(x_rowsq, row_sq_norms(dy), token_mask) if x_rowsq is not None else None
         return (dy @ weight if ctx.needs_input_grad[0] else None), d_weight, d_bias, update, None
+
+
+torch_fused_lora = direct_apply(TorchFusedLoRA)  # TorchFusedLoRA.apply, cheaper on the host
+torch_probe_linear = direct_apply(TorchProbeLinear)

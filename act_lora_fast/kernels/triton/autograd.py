@@ -7,7 +7,7 @@ A frozen base weight or bias that a caller has made trainable gets dW = dyᵀ·x
 """
 import torch
 
-from ..torch_fused import base_grads, update_sums
+from ..torch_fused import base_grads, direct_apply, update_sums
 from .backward import lora_backward
 from .forward import lora_forward
 
@@ -21,27 +21,38 @@ class TritonLoRAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
                 update_sink=None, token_mask=None):
-        wants_update = update_sink is not None and ctx.needs_input_grad[9]
+        needs = ctx.needs_input_grad
+        wants_update = update_sink is not None and needs[9]
         y, xa, rowsq = lora_forward(x2d, weight=weight, bias=bias, lora_A=lora_A, lora_B=lora_B, scaling=scaling,
                                     dropout_p=dropout_p, seed=seed, compute_rowsq=compute_rowsq or wants_update)
         # x is only re-read for dA (and dW); xa is kept (fp32, T x r) rather than recomputed for dB.
-        needs_x = ctx.needs_input_grad[3] or ctx.needs_input_grad[1]
-        ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa,
-                              rowsq if wants_update else None, token_mask if wants_update else None)
+        needs_x = needs[3] or needs[1]
+        if wants_update:
+            ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa, rowsq, token_mask)
+        else:
+            ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa)
         ctx.scaling, ctx.dropout_p, ctx.seed = float(scaling), float(dropout_p), int(seed)
-        rowsq = _rowsq_out(rowsq if compute_rowsq else None, x2d)
+        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
+        ctx.set_materialize_grads(False)
+        if not compute_rowsq:  # y alone: no placeholder output to allocate and mark
+            return y
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
 
     @staticmethod
-    def backward(ctx, dy, _drowsq):
-        x2d, weight, lora_A, lora_B, xa, x_rowsq, token_mask = ctx.saved_tensors
+    def backward(ctx, dy, _drowsq=None):
+        if dy is None:  # y did not reach the loss
+            return (None,) * 11
+        saved = ctx.saved_tensors
+        x2d, weight, lora_A, lora_B, xa = saved[:5]
+        x_rowsq, token_mask = saved[5:] if len(saved) == 7 else (None, None)
+        needs = ctx.needs_input_grad
         grads = lora_backward(dy, weight=weight, x=x2d, lora_A=lora_A, lora_B=lora_B, xa=xa, scaling=ctx.scaling,
-                              dropout_p=ctx.dropout_p, seed=ctx.seed, needs_dx=ctx.needs_input_grad[0],
-                              needs_dA=ctx.needs_input_grad[3], needs_dB=ctx.needs_input_grad[4],
-                              compute_dy_rowsq=x_rowsq is not None)
+                              dropout_p=ctx.dropout_p, seed=ctx.seed, needs_dx=needs[0],
+                              needs_dA=needs[3], needs_dB=needs[4],
+                              compute_dy_rowsq=x_rowsq is not None, checked=True)
         update = update_sums(x_rowsq, grads.dy_rowsq, token_mask) if x_rowsq is not None else None
-        d_weight, d_bias = base_grads(ctx, dy, x2d)
+        d_weight, d_bias = base_grads(ctx, dy, x2d) if needs[1] or needs[2] else (None, None)
         return grads.dx, d_weight, d_bias, grads.dA, grads.dB, None, None, None, None, update, None
 
 
@@ -53,25 +64,33 @@ class TritonProbeFunction(torch.autograd.Function):
         wants_update = update_sink is not None and ctx.needs_input_grad[3]
         y, _, rowsq = lora_forward(x2d, weight=weight, bias=bias, compute_rowsq=True)
         ctx.mark_non_differentiable(rowsq)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x2d if ctx.needs_input_grad[1] else None, weight, rowsq if wants_update else None,
                               token_mask if wants_update else None)
         return y, rowsq
 
     @staticmethod
     def backward(ctx, dy, _drowsq):
+        if dy is None:
+            return None, None, None, None, None
         x2d, weight, x_rowsq, token_mask = ctx.saved_tensors
         grads = lora_backward(dy, weight=weight, needs_dx=ctx.needs_input_grad[0],
-                              compute_dy_rowsq=x_rowsq is not None)
+                              compute_dy_rowsq=x_rowsq is not None, checked=True)
         update = update_sums(x_rowsq, grads.dy_rowsq, token_mask) if x_rowsq is not None else None
         d_weight, d_bias = base_grads(ctx, dy, x2d)
         return grads.dx, d_weight, d_bias, update, None
 
 
+triton_lora_function = direct_apply(TritonLoRAFunction)  # TritonLoRAFunction.apply, cheaper on the host
+
+
 def triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, compute_rowsq=True,
                        update_sink=None, token_mask=None):
-    """Returns (y, rowsq); rowsq is an empty tensor when compute_rowsq is False (lora_forward checks devices)."""
-    return TritonLoRAFunction.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
-                                    update_sink, token_mask)
+    """Returns (y, rowsq); rowsq is an empty tensor when compute_rowsq is False (lora_forward checks devices).
+    `TritonLoRAFunction.apply` itself returns y alone when compute_rowsq is False."""
+    out = TritonLoRAFunction.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
+                                   update_sink, token_mask)
+    return out if compute_rowsq else (out, _rowsq_out(None, x2d))
 
 
 def triton_probe_linear(x2d, weight, bias=None, *, update_sink=None, token_mask=None):

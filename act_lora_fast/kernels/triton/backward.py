@@ -7,6 +7,7 @@
 
 The dropout mask is never stored: it is regenerated with tl.rand(seed, row * K_in + col).
 """
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -16,7 +17,8 @@ import triton.language as tl
 from .utils import (
     GEMM_CONFIGS_16,
     GEMM_CONFIGS_32,
-    INTERP_GEMM,
+    INTERP_BLOCK,
+    INTERP_OPTIONS,
     ConfigTuner,
     block_r,
     cdiv,
@@ -236,6 +238,7 @@ def _lora_dA_kernel(
     tl.store(out, acc * scaling, mask=r_mask[:, None] & k_mask[None, :])
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every backward
 def _split_t(T: int, n_col_blocks: int, device) -> tuple:
     """(num_splits, rows_per_split) so the T-reductions fill the GPU (>= ~2 programs per SM)."""
     row_blocks = cdiv(T, RED_BLOCK_T)
@@ -244,37 +247,48 @@ def _split_t(T: int, n_col_blocks: int, device) -> tuple:
     return cdiv(T, rows_per_split), rows_per_split
 
 
-def _reduce_splits(part, dtype):
-    """Sum of partials over their first dim in a fixed order (deterministic), in `dtype`."""
-    total = part[0] if part.shape[0] == 1 else part.sum(dim=0)
+def _partials(count, shape, device):
+    """A buffer for `count` fp32 partials of `shape`; with one partial (the common small case) the result's
+    own shape, so the kernel writes the sum straight into it and nothing is summed or indexed afterwards."""
+    return torch.empty(shape if count == 1 else (count, *shape), dtype=torch.float32, device=device)
+
+
+def _reduce_splits(part, dtype, ndim):
+    """Sum of the partials of `_partials` over their first dim in a fixed order (deterministic), in `dtype`."""
+    total = part.sum(dim=0) if part.dim() > ndim else part
     return total if total.dtype == dtype else total.to(dtype)
 
 
-def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq):
-    """dB (and, when asked, dy @ B and the row sums of dy^2) from one read of dy: see _dy_pass_kernel."""
+def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq, interp=None):
+    """dB (and, when asked, dy @ B and the row sums of dy^2) from one read of dy: see _dy_pass_kernel.
+    `interp`: use_interpreter_path(dy), when the caller knows it."""
     T, N = dy.shape
     dev = dy.device
-    interp = use_interpreter_path(dy)
+    if interp is None:
+        interp = use_interpreter_path(dy)
     # Wide column blocks keep the (column blocks x T x r) partials of dy @ B small; the dB accumulator
     # (BLOCK_N x BLOCK_R fp32) bounds the width.
     block_n = 64 if interp else min(256, 8192 // BR)
     n_cb = cdiv(N, block_n)
     splits, rows_per_split = _split_t(T, n_cb, dev)
-    dyb_part = torch.empty((n_cb, T, R), dtype=torch.float32, device=dev) if with_rows else None
-    rowsq_part = torch.empty((n_cb, T), dtype=torch.float32, device=dev) if with_rowsq else None
-    db_part = torch.empty((splits, N, R), dtype=torch.float32, device=dev)
+    f32_out = torch.float32
+    dyb_part = _partials(n_cb, (T, R), dev) if with_rows else None
+    rowsq_part = _partials(n_cb, (T,), dev) if with_rowsq else None
+    db_part = _partials(splits, (N, R), dev)
+    stride_dym, stride_dyn = dy.stride()
+    stride_bn, stride_br = lora_B.stride()
     _dy_pass_kernel[(n_cb, splits)](
         dy, lora_B, xa, dyb_part if with_rows else db_part, db_part, rowsq_part if with_rowsq else db_part,
         T, N, R,
-        dy.stride(0), dy.stride(1), lora_B.stride(0), lora_B.stride(1), rows_per_split,
+        stride_dym, stride_dyn, stride_bn, stride_br, rows_per_split,
         float(scaling),
         HAS_DYB=with_rows, HAS_DB=True, DY_ROWSQ=with_rowsq, F32_DOT=f32,
         BLOCK_M=RED_BLOCK_T // 2, BLOCK_N=block_n, BLOCK_R=BR,
         **({} if interp else dict(num_warps=8, num_stages=3)),
     )
-    dyb = _reduce_splits(dyb_part, torch.float32) if with_rows else None
-    rowsq = _reduce_splits(rowsq_part, torch.float32) if with_rowsq else None
-    return dyb, _reduce_splits(db_part, lora_B.dtype), rowsq
+    dyb = _reduce_splits(dyb_part, f32_out, 2) if with_rows else None
+    rowsq = _reduce_splits(rowsq_part, f32_out, 1) if with_rowsq else None
+    return dyb, _reduce_splits(db_part, lora_B.dtype, 2), rowsq
 
 
 class BackwardResult(NamedTuple):
@@ -285,13 +299,17 @@ class BackwardResult(NamedTuple):
 
 
 def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scaling=1.0, dropout_p=0.0, seed=0,
-                  needs_dx=True, needs_dA=False, needs_dB=False, compute_dy_rowsq=False) -> BackwardResult:
+                  needs_dx=True, needs_dA=False, needs_dB=False, compute_dy_rowsq=False,
+                  checked=False) -> BackwardResult:
     """Grads of y = x @ W^T + b + s * ((x*m) @ A^T) @ B^T for a 2-D dy (T, N_out); None where not asked.
 
     `x` is only read for dA and `xa` (fp32, from lora_forward) only for dB; lora_A/lora_B None -> probe mode,
-    dx = dy @ W. `compute_dy_rowsq` also returns each row's sum of squares of dy, from a pass already made."""
+    dx = dy @ W. `compute_dy_rowsq` also returns each row's sum of squares of dy, from a pass already made.
+    `checked`: the tensors come from a forward that `lora_forward` checked (autograd's backward), so the device
+    check is skipped."""
     has_lora = lora_A is not None
-    check_triton_device(dy, x, weight, lora_A, lora_B, xa, kernel=_lora_dx_kernel)
+    if not checked:
+        check_triton_device(dy, x, weight, lora_A, lora_B, xa, kernel=_lora_dx_kernel)
     needs_dA = bool(needs_dA and has_lora)
     needs_dB = bool(needs_dB and has_lora)
     if needs_dA and x is None:
@@ -311,8 +329,9 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
         dB = torch.zeros_like(lora_B) if needs_dB else None
         return BackwardResult(dx, dA, dB, dy_rowsq)
     f32 = f32_dot(dy)
+    interp = use_interpreter_path(dy)
     BR = block_r(R) if has_lora else 16
-    launch_skinny = skinny_launch(dy, BR)
+    launch_skinny = {} if interp else skinny_launch(dy, BR)
     has_dropout = has_lora and dropout_p > 0.0
     drop_scale = 1.0 / (1.0 - dropout_p)
     # In probe mode with dx the dx GEMM reads whole rows of dy and reduces the norms; else a pass over dy does.
@@ -324,6 +343,12 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
     fused = needs_dB and (needs_rows or rowsq_in_pass) and BR <= 32
     dy_rowsq = torch.empty((T,), dtype=torch.float32, device=dev) if rowsq_in_dx else None
     dyb = dA = dB = None
+    stride_dym, stride_dyn = dy.stride()
+    if has_lora:
+        stride_bn, stride_br = lora_B.stride()
+        stride_ar, stride_an = lora_A.stride()
+    else:
+        stride_bn = stride_br = stride_ar = stride_an = 0
 
     with device_guard(dy):
         if (needs_rows or rowsq_in_pass) and not fused:
@@ -333,38 +358,42 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
             _dy_rows_kernel[(cdiv(T, bm),)](
                 dy, lora_B if has_lora else dy, dyb if needs_rows else dy, dy_rowsq if rowsq_in_pass else dy,
                 T, N, R,
-                dy.stride(0), dy.stride(1), lora_B.stride(0) if has_lora else 0, lora_B.stride(1) if has_lora else 0,
+                stride_dym, stride_dyn, stride_bn, stride_br,
                 HAS_DYB=needs_rows, DY_ROWSQ=rowsq_in_pass, F32_DOT=f32,
                 BLOCK_M=bm, BLOCK_N=64, BLOCK_R=BR, **launch_skinny,
             )
         if needs_dB:
             dyb_f, dB, rowsq_f = _dy_pass(dy, lora_B, xa, R=R, BR=BR, f32=f32, scaling=scaling,
-                                          with_rows=fused and needs_rows, with_rowsq=fused and rowsq_in_pass)
+                                          with_rows=fused and needs_rows, with_rowsq=fused and rowsq_in_pass,
+                                          interp=interp)
             if fused:
                 dyb, dy_rowsq = (dyb_f if needs_rows else None), (rowsq_f if rowsq_in_pass else dy_rowsq)
 
         if needs_dx:
+            stride_wk, stride_wn = weight.stride()
+            stride_dxm, stride_dxn = dx.stride()
             args = (
                 dy, weight, dyb if has_lora else dx, lora_A if has_lora else dx, dx,
                 dy_rowsq if rowsq_in_dx else dx,  # dx: never dereferenced when its flag is off
                 T, K, N, R,
-                dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1),
-                lora_A.stride(0) if has_lora else 0, lora_A.stride(1) if has_lora else 0,
-                dx.stride(0), dx.stride(1),
+                stride_dym, stride_dyn, stride_wk, stride_wn, stride_ar, stride_an, stride_dxm, stride_dxn,
                 float(scaling), float(dropout_p), drop_scale, int(seed),
             )
-            flags = dict(HAS_LORA=has_lora, HAS_DROPOUT=has_dropout, DY_ROWSQ=rowsq_in_dx, F32_DOT=f32,
-                         BLOCK_R=gemm_block_r(R, f32))
-
-            def launch(config):
-                grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(K, config.kwargs["BLOCK_N"]),)
-                _lora_dx_kernel[grid](*args, **flags, **launch_options(config))
-
-            if use_interpreter_path(dy):
-                launch(INTERP_GEMM)
+            BR_gemm = gemm_block_r(R, f32)
+            if interp:
+                _lora_dx_kernel[(cdiv(T, INTERP_BLOCK) * cdiv(K, INTERP_BLOCK),)](
+                    *args, HAS_LORA=has_lora, HAS_DROPOUT=has_dropout, DY_ROWSQ=rowsq_in_dx, F32_DOT=f32,
+                    BLOCK_R=BR_gemm, **INTERP_OPTIONS)
             else:
-                key = (m_bucket(T), N, K, dy.dtype, has_lora, has_dropout, rowsq_in_dx, flags["BLOCK_R"])
-                launch(DX_TUNER.pick(key, launch, F32_DOT=f32, HAS_DROPOUT=has_dropout, BLOCK_R=flags["BLOCK_R"]))
+                flags = dict(HAS_LORA=has_lora, HAS_DROPOUT=has_dropout, DY_ROWSQ=rowsq_in_dx, F32_DOT=f32,
+                             BLOCK_R=BR_gemm)
+
+                def launch(config):
+                    grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(K, config.kwargs["BLOCK_N"]),)
+                    _lora_dx_kernel[grid](*args, **flags, **launch_options(config))
+
+                key = (m_bucket(T), N, K, dy.dtype, has_lora, has_dropout, rowsq_in_dx, BR_gemm)
+                launch(DX_TUNER.pick(key, launch, F32_DOT=f32, HAS_DROPOUT=has_dropout, BLOCK_R=BR_gemm))
 
         if needs_dA:
             f32_x = f32_dot(x)
@@ -372,10 +401,11 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
             block_k = RED_BLOCK_C // 2 if fma_dots and BR >= 128 else RED_BLOCK_C
             n_kb = cdiv(K, block_k)
             splits, rows_per_split = _split_t(T, n_kb, dev)
-            part = torch.empty((splits, R, K), dtype=torch.float32, device=dev)
+            part = _partials(splits, (R, K), dev)
+            stride_xm, stride_xk = x.stride()
             _lora_dA_kernel[(n_kb, splits)](
                 dyb, x, part, T, K, R,
-                x.stride(0), x.stride(1), rows_per_split,
+                stride_xm, stride_xk, rows_per_split,
                 float(scaling), float(dropout_p), drop_scale, int(seed),
                 HAS_DROPOUT=has_dropout, F32_DOT=f32_x,
                 # FMA-based fp32 dots + Philox state: a shorter T tile keeps them out of local memory, and
@@ -383,6 +413,6 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
                 BLOCK_M=RED_BLOCK_T // 2 if fma_dots else RED_BLOCK_T,
                 BLOCK_K=block_k, BLOCK_R=BR, **launch_skinny,
             )
-            dA = _reduce_splits(part, lora_A.dtype)
+            dA = _reduce_splits(part, lora_A.dtype, 2)
 
     return BackwardResult(dx, dA, dB, dy_rowsq)

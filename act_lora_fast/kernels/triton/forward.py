@@ -15,7 +15,8 @@ import triton.language as tl
 from .utils import (
     GEMM_CONFIGS_16,
     GEMM_CONFIGS_32,
-    INTERP_GEMM,
+    INTERP_BLOCK,
+    INTERP_OPTIONS,
     ConfigTuner,
     block_r,
     cdiv,
@@ -172,17 +173,20 @@ class ForwardResult(NamedTuple):
 
 
 def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0, dropout_p=0.0, seed=0,
-                 compute_rowsq=True) -> ForwardResult:
+                 compute_rowsq=True, checked=False) -> ForwardResult:
     """y = x @ W^T + b + s * ((x*m) @ A^T) @ B^T for a 2-D x (T, K_in).
 
-    lora_A / lora_B None -> probe mode (plain linear, rowsq fused into the GEMM)."""
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D, got shape {tuple(x.shape)}")
+    lora_A / lora_B None -> probe mode (plain linear, rowsq fused into the GEMM). `checked`: the caller has
+    already checked shapes, dtypes and devices (`act_lora_fast.functional.lora_linear` does); the Triton
+    device check still runs."""
     has_lora = lora_A is not None
-    if has_lora != (lora_B is not None):
-        raise ValueError("lora_A and lora_B must both be given or both be None")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if not checked:
+        if x.dim() != 2:
+            raise ValueError(f"x must be 2-D, got shape {tuple(x.shape)}")
+        if has_lora != (lora_B is not None):
+            raise ValueError("lora_A and lora_B must both be given or both be None")
+        if not 0.0 <= dropout_p < 1.0:
+            raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     check_triton_device(x, weight, bias, lora_A, lora_B, kernel=_lora_fwd_kernel)
     T, K = x.shape
     N = weight.shape[0]
@@ -203,38 +207,49 @@ def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0,
                 t.zero_()
         return ForwardResult(y, xa, rowsq)
     f32 = f32_dot(x)
+    interp = use_interpreter_path(x)
+    stride_xm, stride_xk = x.stride()
     with device_guard(x):
         if has_lora:
             BR = block_r(R)
             bm = rows_block(T, dev)
+            stride_ar, stride_ak = lora_A.stride()
             _shrink_rowsq_kernel[(cdiv(T, bm),)](
                 x, lora_A, xa, rowsq if compute_rowsq else xa,
                 T, K, R,
-                x.stride(0), x.stride(1), lora_A.stride(0), lora_A.stride(1),
+                stride_xm, stride_xk, stride_ar, stride_ak,
                 float(dropout_p), 1.0 / (1.0 - dropout_p), int(seed),
                 COMPUTE_ROWSQ=compute_rowsq, HAS_DROPOUT=dropout_p > 0.0, F32_DOT=f32,
                 BLOCK_M=bm, BLOCK_K=64, BLOCK_R=BR,
-                **skinny_launch(x, BR),
+                **({} if interp else skinny_launch(x, BR)),
             )
+            stride_bn, stride_br = lora_B.stride()
+        else:
+            stride_bn = stride_br = 0
+        stride_wn, stride_wk = weight.stride()
+        stride_ym, stride_yn = y.stride()
         args = (
             x, weight, bias if bias is not None else y, xa if has_lora else y, lora_B if has_lora else y, y,
             rowsq if (compute_rowsq and not has_lora) else y,  # y: never dereferenced when its flag is off
             T, N, K, R,
-            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), bias.stride(0) if bias is not None else 0,
-            lora_B.stride(0) if has_lora else 0, lora_B.stride(1) if has_lora else 0,
-            y.stride(0), y.stride(1),
+            stride_xm, stride_xk, stride_wn, stride_wk, bias.stride(0) if bias is not None else 0,
+            stride_bn, stride_br, stride_ym, stride_yn,
             float(scaling),
         )
-        flags = dict(HAS_LORA=has_lora, HAS_BIAS=bias is not None, ROWSQ=compute_rowsq and not has_lora,
-                     F32_DOT=f32, BLOCK_R=gemm_block_r(R, f32))
-
-        def launch(config):
-            grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(N, config.kwargs["BLOCK_N"]),)
-            _lora_fwd_kernel[grid](*args, **flags, **launch_options(config))
-
-        if use_interpreter_path(x):
-            launch(INTERP_GEMM)
+        rowsq_in_gemm = compute_rowsq and not has_lora
+        BR_gemm = gemm_block_r(R, f32)
+        if interp:
+            _lora_fwd_kernel[(cdiv(T, INTERP_BLOCK) * cdiv(N, INTERP_BLOCK),)](
+                *args, HAS_LORA=has_lora, HAS_BIAS=bias is not None, ROWSQ=rowsq_in_gemm, F32_DOT=f32,
+                BLOCK_R=BR_gemm, **INTERP_OPTIONS)
         else:
-            key = (m_bucket(T), N, K, x.dtype, has_lora, bias is not None, flags["ROWSQ"], flags["BLOCK_R"])
-            launch(FORWARD_TUNER.pick(key, launch, F32_DOT=f32, BLOCK_R=flags["BLOCK_R"]))
+            flags = dict(HAS_LORA=has_lora, HAS_BIAS=bias is not None, ROWSQ=rowsq_in_gemm, F32_DOT=f32,
+                         BLOCK_R=BR_gemm)
+
+            def launch(config):
+                grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(N, config.kwargs["BLOCK_N"]),)
+                _lora_fwd_kernel[grid](*args, **flags, **launch_options(config))
+
+            key = (m_bucket(T), N, K, x.dtype, has_lora, bias is not None, rowsq_in_gemm, BR_gemm)
+            launch(FORWARD_TUNER.pick(key, launch, F32_DOT=f32, BLOCK_R=BR_gemm))
     return ForwardResult(y, xa, rowsq)

@@ -50,12 +50,16 @@ def check_triton_device(*tensors, kernel=None) -> None:
     TRITON_INTERPRET=1 was set only after the kernels had been decorated: they were
     then built for the GPU and would fail with an obscure pointer error on CPU data.
     """
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        raise RuntimeError(f"backend='triton' needs all tensors on one device, got {sorted(map(str, devices))}")
-    for dev in devices:
-        if dev.type == "cuda":
-            continue
+    dev = None
+    for t in tensors:  # a plain loop: this runs on every launch
+        if t is not None:
+            if dev is None:
+                dev = t.device
+            elif t.device != dev:
+                devices = {u.device for u in tensors if u is not None}
+                raise RuntimeError(f"backend='triton' needs all tensors on one device, got "
+                                   f"{sorted(map(str, devices))}")
+    if dev is not None and dev.type != "cuda":
         if dev.type != "cpu" or not interpret_env():
             raise RuntimeError(_INTERPRET_ERROR + f" (got tensors on {dev})")
         if kernel is not None and type(kernel).__name__ != "InterpretedFunction":
@@ -65,9 +69,12 @@ def check_triton_device(*tensors, kernel=None) -> None:
                                "triton>=3.7 to run the kernels on CPU tensors, or use backend='torch'")
 
 
+_NO_GUARD = contextlib.nullcontext()  # stateless: one instance serves every CPU launch
+
+
 def device_guard(t: torch.Tensor):
     """Launch on the tensors' GPU, not on whichever one is current."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+    return torch.cuda.device(t.device) if t.is_cuda else _NO_GUARD
 
 
 # Triton picks the interpreter when it decorates the kernels, i.e. when this package is imported.
@@ -76,7 +83,7 @@ KERNELS_INTERPRETED = interpret_env()
 
 def use_interpreter_path(t: torch.Tensor) -> bool:
     """Fixed small configs + fp32 dots: CPU tensors only ever run under the interpreter."""
-    return t.device.type != "cuda" or KERNELS_INTERPRETED
+    return KERNELS_INTERPRETED or not t.is_cuda  # is_cuda: no torch.device object built per call
 
 
 @functools.lru_cache(maxsize=None)  # asked on every launch; a device's SM count does not change
@@ -105,16 +112,19 @@ def skinny_launch(t: torch.Tensor, BR: int) -> dict:
     return dict(num_warps=8 if BR >= 64 else 4, num_stages=3)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every launch
 def block_r(r: int) -> int:
     # tl.dot needs every dim >= 16 on sm_90 for 16-bit operands, and power-of-two tiles.
     return max(16, next_power_of_2(int(r)))
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every launch
 def gemm_block_r(R: int, f32: bool) -> int:
     """Rank chunk of the GEMM epilogues (>= 16 for the MMA; small for FMA-based fp32 dots)."""
     return min(block_r(R), 32 if f32 else 64)
 
 
+@functools.lru_cache(maxsize=4096)  # pure, asked on every launch
 def rows_block(T: int, device) -> int:
     """Row tile of the memory-bound passes over x or dy: keep >= ~2 waves of programs on the GPU."""
     if torch.device(device).type != "cuda":
@@ -142,6 +152,7 @@ GEMM_CONFIGS_32 = [
 ]
 # Interpreter: fixed, moderately large tiles (few python-level block ops -> fast tests).
 INTERP_GEMM = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4})
+INTERP_BLOCK = 64  # INTERP_GEMM's BLOCK_M and BLOCK_N
 
 
 def autotune_enabled() -> bool:
@@ -181,6 +192,9 @@ class ConfigTuner:
 
 def launch_options(config: triton.Config) -> dict:
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+INTERP_OPTIONS = launch_options(INTERP_GEMM)  # built once: the interpreter's launches run on every call
 
 
 # ---------------------------------------------------------------------------------------------- dots
