@@ -18,31 +18,6 @@ The same code runs on CUDA tensors (cuBLAS GEMMs), where it competes with the Tr
 import torch
 
 
-_FUNCTION_BASE_APPLY = torch._C._FunctionBase.__dict__.get("apply")
-
-
-def direct_apply(function):
-    """`function.apply` without the Python wrapper of ``torch.autograd.Function.apply`` (~1.5 µs a call, paid by
-    every layer on every step): outside functorch transforms that wrapper only unwraps dead functorch wrappers
-    and calls the C++ apply, which this does with a plain loop. Under a transform (or on a torch without the
-    C++ entry point), and while torch.compile traces, it is the ordinary ``function.apply``."""
-    base = _FUNCTION_BASE_APPLY
-    if base is None or not hasattr(torch._C, "_are_functorch_transforms_active"):
-        return function.apply
-    raw = base.__get__(None, function)
-    active = torch._C._are_functorch_transforms_active
-    compiling = torch.compiler.is_compiling
-    unwrap = torch._C._functorch.unwrap_if_dead
-    Tensor = torch.Tensor
-
-    def apply(*args):
-        if active() or compiling():  # transforms and torch.compile see the ordinary Function.apply
-            return function.apply(*args)
-        return raw(*[unwrap(a) if isinstance(a, Tensor) else a for a in args])
-
-    return apply
-
-
 def _mix32(value):
     """A 32-bit integer finaliser (Wellons' lowbias32) on Python ints: seeds -> well-spread constants."""
     value &= 0xFFFFFFFF
@@ -263,5 +238,5 @@ class TorchProbeLinear(torch.autograd.Function):
         return (dy @ weight if ctx.needs_input_grad[0] else None), d_weight, d_bias, update, None
 
 
-torch_fused_lora = direct_apply(TorchFusedLoRA)  # TorchFusedLoRA.apply, cheaper on the host
-torch_probe_linear = direct_apply(TorchProbeLinear)
+torch_fused_lora = TorchFusedLoRA.apply
+torch_probe_linear = TorchProbeLinear.apply

@@ -270,28 +270,6 @@ def test_bad_update_arguments_are_named():
         lora_linear(x, weight, b, lora_A, lora_B, 1.0, backend="torch", token_mask=torch.ones(5, dtype=torch.bool))
 
 
-def test_direct_apply_matches_function_apply_and_defers_to_it_under_transforms(monkeypatch):
-    """direct_apply skips torch's Python apply wrapper: same outputs and grads; the ordinary apply where a
-    functorch transform (or torch.compile) needs it."""
-    x, weight, b, lora_A, lora_B, dy = make_inputs((12,), 16, 10, 4, torch.float64, True, seed=3)
-    args = lambda A, B, xx: (xx, weight, b, A, B, 2.0, 0.0, 0, True, None, None)  # noqa: E731
-    results = []
-    for apply in (torch_fused.TorchFusedLoRA.apply, torch_fused.direct_apply(torch_fused.TorchFusedLoRA)):
-        xx, A, B = (t.detach().clone().requires_grad_() for t in (x, lora_A, lora_B))
-        y, rowsq = apply(*args(A, B, xx))
-        y.backward(dy)
-        results.append((y, rowsq, xx.grad, A.grad, B.grad))
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-    calls = []
-    monkeypatch.setattr(torch_fused.TorchFusedLoRA, "apply",
-                        classmethod(lambda cls, *a: calls.append(a) or "ordinary"))
-    monkeypatch.setattr(torch._C, "_are_functorch_transforms_active", lambda: True)
-    direct = torch_fused.direct_apply(torch_fused.TorchFusedLoRA)
-    assert direct(*args(lora_A, lora_B, x)) == "ordinary" and len(calls) == 1
-
-
 def test_rowsq_gets_no_materialized_gradient():
     """y alone when rowsq is not asked for; with it, backward gets None (not zeros) for rowsq's gradient."""
     x, weight, b, lora_A, lora_B, dy = make_inputs((8,), 16, 12, 2, torch.float64, False, seed=4)

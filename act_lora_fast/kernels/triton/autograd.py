@@ -7,7 +7,7 @@ A frozen base weight or bias that a caller has made trainable gets dW = dyᵀ·x
 """
 import torch
 
-from ..torch_fused import base_grads, direct_apply, update_sums
+from ..torch_fused import base_grads, update_sums
 from .backward import lora_backward
 from .forward import lora_forward
 
@@ -81,7 +81,7 @@ class TritonProbeFunction(torch.autograd.Function):
         return grads.dx, d_weight, d_bias, update, None
 
 
-triton_lora_function = direct_apply(TritonLoRAFunction)  # TritonLoRAFunction.apply, cheaper on the host
+triton_lora_function = TritonLoRAFunction.apply
 
 
 def triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, compute_rowsq=True,
