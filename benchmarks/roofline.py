@@ -177,8 +177,8 @@ def torch_launches(T, K, N, R, e, bias, dropout, rowsq, dtype):
     if dropout > 0:
         fwd += _torch_mask_launches(T, K, e, "forward")
         fwd.append(Launch("drop(x) = mask·x", "forward", "torch", T * K, 3 * T * K * e))
-    fwd += [Launch("mm xa_t = A·drop(x)ᵀ", "forward", "cublas", 2 * T * K * R, (T * K + R * K + R * T) * e),
-            Launch("mul_ xa_t·s", "forward", "torch", T * R, 2 * T * R * e)]
+    # s rides on the GEMMs' alpha (no separate scaling pass)
+    fwd += [Launch("mm xa_t = A·drop(x)ᵀ", "forward", "cublas", 2 * T * K * R, (T * K + R * K + R * T) * e)]
     if merged:
         fwd += [Launch("addmm W' = W + s·B·A", "forward", "cublas", 2 * N * K * R, (2 * N * K + N * R + R * K) * e),
                 Launch("addmm y = x·W'ᵀ + b", "forward", "cublas", 2 * T * N * K, (T * K + N * K + T * N) * e + b)]
@@ -198,7 +198,6 @@ def torch_launches(T, K, N, R, e, bias, dropout, rowsq, dtype):
     else:
         bwd += [Launch("mm dx = dy·W", "backward", "cublas", 2 * T * N * K, (T * N + N * K + T * K) * e),
                 Launch("mm dyB = dy·B", "backward", "cublas", 2 * T * N * R, (T * N + N * R + T * R) * e)]
-    bwd.append(Launch("mul_ dyB·s", "backward", "torch", T * R, 2 * T * R * e))
     if not merged:
         if dropout > 0:
             bwd += [Launch("mm dyB·A", "backward", "cublas", 2 * T * K * R, (T * R + R * K + T * K) * e),
