@@ -4,9 +4,17 @@ import os
 from .. import _dist
 from ..functional import BACKENDS
 from ..model.hf import resolve_model_path
-from ..train.compare import BASELINES
+from ..train.compare import ACTIVATION_METRICS, BASELINES, DEFAULT_BASELINES, DEFAULT_RANDOM_DRAWS, GRADIENT_WARMUP_STEPS
 from ..train.config import PRECISIONS, SELECTIONS, TrainConfig
 from ._args import csv_floats, csv_list
+
+
+def _seeds(text):
+    """--seeds: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
+    text = text.strip()
+    if "," in text:
+        return [int(s) for s in csv_list(text)]
+    return int(text)
 
 
 def _add_run_options(parser):
@@ -83,8 +91,10 @@ def _train(args):
     from ..train.distributed import cleanup_distributed
     from ..train.loop import train
 
-    config = _config_from_args(args, selection=args.selection, k=args.k, fraction=args.fraction,
-                               cumulative=args.cumulative, resume_from=args.resume_from)
+    layers = [int(i) for i in csv_list(args.layers)] if args.layers else None
+    config = _config_from_args(args, selection="fixed" if layers and not args.selection else args.selection,
+                               k=args.k, fraction=args.fraction, cumulative=args.cumulative,
+                               resume_from=args.resume_from, layers=layers)
     try:
         report = train(config).report
     finally:
@@ -107,8 +117,12 @@ def _train(args):
 
 
 def _compare(args):
+    from ..measure.timing import TimingSettings
     from ..train.compare import run_compare, summarize, write_compare_outputs
     from ..train.distributed import cleanup_distributed
+
+    timing = False if args.no_timing else TimingSettings(rounds=args.timing_rounds, steps=args.timing_steps,
+                                                         clock=args.clock)
 
     tasks = csv_list(args.task)
     if not tasks:
@@ -120,12 +134,14 @@ def _compare(args):
             base = _config_from_args(args, task=task, output_dir=None)
             def on_run(config, report, task=task):
                 if _dist.is_main_process():
-                    print(f"[{task}] {config.selection_label}: score {report['score']:.2f}, step "
-                          f"{report['step_time_ms']['step']:.1f} ms, layers {report['selected_layers']}",
-                          flush=True)
+                    print(f"[{task}] seed {config.seed} {config.selection_label}: last-epoch score "
+                          f"{report['history'][-1]['score']:.2f}, {report['wall_seconds']:.0f} s, layers "
+                          f"{report['selected_layers']}", flush=True)
             result = run_compare(base, fractions=csv_floats(args.fractions),
                                  baselines=csv_list(args.baselines), baseline_fraction=args.baseline_fraction,
-                                 output_dir=output_dir, on_run=on_run)
+                                 seeds=args.seeds, random_draws=args.random_draws, metric=args.metric,
+                                 gradient_warmup_steps=args.gradient_warmup_steps, timing=timing,
+                                 output_dir=output_dir, on_run=on_run, progress=not args.no_progress)
             results.append(result)
             if _dist.is_main_process():
                 print("\n" + result.markdown() + "\n", flush=True)
@@ -166,6 +182,7 @@ def add_commands(subparsers):
     how_many.add_argument("--k", type=int, help="number of blocks")
     how_many.add_argument("--fraction", type=float, help="fraction of the blocks, e.g. 0.5")
     how_many.add_argument("--cumulative", type=float, help="fewest top blocks covering this share of the score")
+    sel.add_argument("--layers", help="comma-separated block indices (selection 'fixed', chosen beforehand)")
     train.add_argument("--resume-from", help="a saved adapter folder to continue training (its layers are used)")
     _add_run_options(train)
     train.set_defaults(func=_train)
@@ -178,9 +195,29 @@ def add_commands(subparsers):
     compare.add_argument("--task", default="sst2", help="a task, or several comma-separated (e.g. rte,mrpc)")
     compare.add_argument("--output-dir", default="act-lora-compare")
     compare.add_argument("--fractions", default="0.25,0.5,0.75", help="Act-LoRA fractions (default 0.25,0.5,0.75)")
-    compare.add_argument("--baselines", default="gradient,random,bottom,last",
-                         help=f"comma-separated from {', '.join(BASELINES)} ('' for none)")
+    compare.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
+                         help=f"comma-separated from {', '.join(BASELINES)} ('' for none; default "
+                              f"{','.join(DEFAULT_BASELINES)})")
     compare.add_argument("--baseline-fraction", type=float, default=0.5)
+    compare.add_argument("--seeds", type=_seeds, default=None,
+                         help="a count N (seeds 0..N-1) or a list (0,3,7): every variant is trained on each; "
+                              "default: --seed only")
+    compare.add_argument("--random-draws", type=int, default=DEFAULT_RANDOM_DRAWS,
+                         help="random@ baseline: at least this many draws in all, from its own seed stream "
+                              f"(default {DEFAULT_RANDOM_DRAWS})")
+    compare.add_argument("--metric", default="input_norm", choices=ACTIVATION_METRICS,
+                         help="the activation score Act-LoRA ranks by (default input_norm; update = "
+                              "Σ‖x‖·‖dy‖ from the backward, needs a layer that provides it)")
+    compare.add_argument("--gradient-warmup-steps", type=int, default=GRADIENT_WARMUP_STEPS,
+                         help="head-only training steps before gradient (and update) scoring "
+                              f"(default {GRADIENT_WARMUP_STEPS}; 0: a random head)")
+    compare.add_argument("--clock", default="process", choices=("process", "wall"),
+                         help="timing phase clock: process CPU seconds (default; robust on a shared CPU) or wall")
+    compare.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    compare.add_argument("--timing-steps", type=int, default=2, help="measured steps per round (default 2)")
+    compare.add_argument("--no-timing", action="store_true",
+                         help="skip the timing phase; report the training runs' own step times (not comparable "
+                              "on a shared machine)")
     _add_run_options(compare)
     compare.set_defaults(func=_compare)
 

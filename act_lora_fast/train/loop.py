@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+from .._checks import check_layers
 from .._io import write_json
 from ..data.glue import GlueData, TokenizedDataset, get_task, load_glue
 from ..layer import FastActLoRALinear
@@ -78,6 +79,8 @@ def choose_layers(model, config, calibration, ctx, *, scores=None):
     n_blocks = len(find_blocks(model).blocks)
     if config.selection == "all":
         return list(range(n_blocks)), None, 0.0
+    if config.selection == "fixed":
+        return check_layers(config.layers, n_blocks), None, 0.0
     seconds = 0.0
     if scores is None and needs_profile(config):
         start = time.perf_counter()
