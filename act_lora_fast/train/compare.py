@@ -451,6 +451,22 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
     return result
 
 
+def load_compare(path):
+    """A `CompareResult` back from a ``compare.json`` that `run_compare` wrote (partial results included)."""
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict) or "variants" not in data or "task" not in data:
+        raise ValueError(f"{path}: not a compare.json (needs 'task' and 'variants')")
+    meta = {k: v for k, v in data.items()
+            if k not in ("task", "seeds", "chance_score", "above_chance", "variants", "data_source")}
+    return CompareResult(task=data["task"], rows=rows_of(data["variants"], data["task"]),
+                         data_source=data.get("data_source", ""), output_dir=os.path.dirname(path),
+                         variants=data["variants"], seeds=data.get("seeds", []),
+                         chance_score=data.get("chance_score"), above_chance=data.get("above_chance"), meta=meta)
+
+
 def _slug(name):
     return name.replace("@", "-").replace("%", "pct").replace("=", "")
 
@@ -473,11 +489,12 @@ def _ci(ci, spec=".2f"):
 
 
 def format_table(rows, title=None):
-    """The Markdown table: score (mean ± CI half-width), Δ vs all (mean, CI, p), step time, memory, parameters."""
+    """The Markdown table: score (mean ± CI half-width), Δ vs all (mean, CI, p), step time, memory, parameters,
+    device-hours (a run's wall time plus its profiling, mean over seeds) and the smallest selection margin."""
     lines = [f"### {title}", ""] if title else []
     lines += ["| variant | layers | score | Δ score | Δ 95 % CI | p | step ms | Δ time % | peak mem MiB | "
-              "LoRA params | margin |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "LoRA params | device-h | margin |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         layers = row["layers"]
         if layers is None:
@@ -496,7 +513,8 @@ def format_table(rows, title=None):
             f"{_ci(row.get('delta_ci95'), '+.2f')} | {_fmt(row.get('p_value'), '.3f')} | "
             f"{_fmt(row['step_ms'], '.1f')} | {_fmt(row['delta_time_pct'], '+.1f')} | "
             f"{_fmt(row['peak_memory_bytes'] / 2**20 if row['peak_memory_bytes'] is not None else None, '.1f')} | "
-            f"{row['lora_parameters']:,} | {_fmt(min(margins) if margins else None, '+.3f')} |")
+            f"{row['lora_parameters']:,} | {_fmt(row.get('device_hours'), '.4f')} | "
+            f"{_fmt(min(margins) if margins else None, '+.3f')} |")
     return "\n".join(lines)
 
 
