@@ -216,3 +216,14 @@ def test_a_decoder_goes_through_compare(tmp_path, sst2_dir):
     assert by_name["all"]["layers"] == [0, 1] and len(by_name["activation@50%"]["layers"]) in (1, 2)
     assert by_name["last@50%"]["layers"] == [1] and by_name["gradient@50%"]["lora_parameters"] > 0
     assert all(len(v["scores"]) == 2 for v in result.variants)
+
+
+def test_update_metric_is_offered_and_fails_clearly_without_the_layer_api(tiny_model, sst2_dir, tmp_path,
+                                                                          monkeypatch):
+    from act_lora_fast.method import profiling
+
+    monkeypatch.setattr(profiling, "layer_has_update_stats", lambda: False)
+    with pytest.raises(SystemExit, match="sum_update"):
+        cli_main(["compare", "--model", tiny_model, "--task", "sst2", "--data-dir", sst2_dir, "--metric", "update",
+                  "--fractions", "0.5", "--baselines", "", "--max-train-samples", "32", "--no-progress",
+                  "--output-dir", str(tmp_path)])
