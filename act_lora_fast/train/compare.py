@@ -430,8 +430,8 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                     config = dataclasses.replace(base, selection="fixed", layers=entry["layers"], **common)
                 if output_dir:
                     folder = _slug(spec.name) + (f"-draw{entry['draw']}" if entry["draw"] is not None else "")
-                    config = dataclasses.replace(config, output_dir=os.path.join(output_dir, "runs", folder,
-                                                                                 f"seed{seed}"))
+                    parts = [folder] if len(seeds) == 1 and entry["draw"] is None else [folder, f"seed{seed}"]
+                    config = dataclasses.replace(config, output_dir=os.path.join(output_dir, *parts))
                 report = train(config, data=data).report
                 runs.setdefault(spec.name, []).append({
                     "seed": seed, "draw": entry["draw"], "layers": entry["layers"],
