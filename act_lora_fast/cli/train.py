@@ -94,7 +94,8 @@ def _train(args):
     layers = [int(i) for i in csv_list(args.layers)] if args.layers else None
     config = _config_from_args(args, selection="fixed" if layers and not args.selection else args.selection,
                                k=args.k, fraction=args.fraction, cumulative=args.cumulative,
-                               resume_from=args.resume_from, layers=layers)
+                               resume_from=args.resume_from, layers=layers, metric=args.metric,
+                               gradient_warmup_steps=args.gradient_warmup_steps)
     try:
         report = train(config).report
     finally:
@@ -186,6 +187,10 @@ def add_commands(subparsers):
     how_many.add_argument("--fraction", type=float, help="fraction of the blocks, e.g. 0.5")
     how_many.add_argument("--cumulative", type=float, help="fewest top blocks covering this share of the score")
     sel.add_argument("--layers", help="comma-separated block indices (selection 'fixed', chosen beforehand)")
+    sel.add_argument("--metric", default="input_norm", choices=ACTIVATION_METRICS,
+                     help="the activation score (default input_norm; update = Σ‖x‖·‖dy‖, needs a layer with it)")
+    sel.add_argument("--gradient-warmup-steps", type=int, default=0,
+                     help="--selection gradient: head-only training steps before scoring (default 0: random head)")
     train.add_argument("--resume-from", help="a saved adapter folder to continue training (its layers are used)")
     _add_run_options(train)
     train.set_defaults(func=_train)

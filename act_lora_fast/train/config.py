@@ -39,6 +39,8 @@ class TrainConfig:
     cumulative: Optional[float] = None
     layers: Optional[list] = None               # the blocks of selection "fixed"
     calibration_samples: int = 256
+    metric: str = "input_norm"                  # the activation score: input_norm, input_rms, block_output, update
+    gradient_warmup_steps: int = 0              # selection "gradient": head-only steps before scoring (0: random head)
     # the adapter
     r: int = 8
     alpha: float = 16
@@ -133,6 +135,8 @@ class TrainConfig:
         for name in ("max_train_samples", "max_eval_samples", "eval_steps"):
             check_int(name, getattr(self, name), 1, optional=True)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("metric", self.metric, ("input_norm", "input_rms", "block_output", "update"))
+        check_int("gradient_warmup_steps", self.gradient_warmup_steps, 0)
         if self.resume_from is not None and not os.path.isdir(self.resume_from):
             raise FileNotFoundError(f"resume_from: adapter folder not found: {self.resume_from}")
 

@@ -227,3 +227,21 @@ def test_update_metric_is_offered_and_fails_clearly_without_the_layer_api(tiny_m
         cli_main(["compare", "--model", tiny_model, "--task", "sst2", "--data-dir", sst2_dir, "--metric", "update",
                   "--fractions", "0.5", "--baselines", "", "--max-train-samples", "32", "--no-progress",
                   "--output-dir", str(tmp_path)])
+
+
+def test_train_takes_the_activation_metric_and_the_gradient_warm_up(tiny_model, sst2_dir):
+    from act_lora_fast.train.loop import train
+
+    report = train(_base(tiny_model, sst2_dir, max_train_samples=32, fraction=0.5, metric="input_rms")).report
+    assert report["layer_scores"]["metric"] == "input_rms"
+    report = train(_base(tiny_model, sst2_dir, max_train_samples=32, selection="gradient", fraction=0.5,
+                         gradient_warmup_steps=2)).report
+    assert report["layer_scores"]["metric"] == "gradient_norm"
+    fixed = train(_base(tiny_model, sst2_dir, max_train_samples=32, selection="fixed", layers=[3, 1])).report
+    assert fixed["selected_layers"] == [1, 3] and fixed["selection_label"] == "fixed:1,3"
+    with pytest.raises(ValueError, match="unknown metric"):
+        _base(tiny_model, sst2_dir, metric="weights")
+    with pytest.raises(ValueError, match="selection 'fixed' needs layers"):
+        _base(tiny_model, sst2_dir, selection="fixed")
+    with pytest.raises(ValueError, match="block index 7 does not exist"):
+        train(_base(tiny_model, sst2_dir, max_train_samples=32, selection="fixed", layers=[7]))
