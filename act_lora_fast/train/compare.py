@@ -420,6 +420,7 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                              above_chance=above, meta=meta_now)
 
     main = _dist.is_main_process()
+    trained = {}   # (seed, layers) -> run: identical runs (e.g. gradient@ picking last@'s blocks) train once
     for seed in seeds:
         for spec in specs:
             for entry in [e for e in selections[spec.name] if e["seed"] == seed]:
@@ -432,13 +433,22 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                     folder = _slug(spec.name) + (f"-draw{entry['draw']}" if entry["draw"] is not None else "")
                     parts = [folder] if len(seeds) == 1 and entry["draw"] is None else [folder, f"seed{seed}"]
                     config = dataclasses.replace(config, output_dir=os.path.join(output_dir, *parts))
+                key = (seed, tuple(entry["layers"]))
+                if key in trained:  # same seed, same blocks, same everything: the same run (training is seeded)
+                    runs.setdefault(spec.name, []).append({**{k: v for k, v in trained[key].items() if k != "variant"},
+                                                           "draw": entry["draw"],
+                                                           "same_run_as": trained[key]["variant"]})
+                    meta["completed_runs"] += 1
+                    continue
                 report = train(config, data=data).report
-                runs.setdefault(spec.name, []).append({
+                record = {
                     "seed": seed, "draw": entry["draw"], "layers": entry["layers"],
                     "score": report["history"][-1]["score"], "best_epoch_score": report["score"],
                     "metrics": report["history"][-1]["metrics"], "epochs": len(report["history"]),
                     "wall_seconds": report["wall_seconds"], "train_seconds": report["train_seconds"],
-                    "step_ms_training": report["step_time_ms"]["step"]})
+                    "step_ms_training": report["step_time_ms"]["step"]}
+                runs.setdefault(spec.name, []).append(record)
+                trained[key] = {**record, "variant": spec.name}
                 meta["completed_runs"] += 1
                 if on_run is not None:
                     on_run(config, report)

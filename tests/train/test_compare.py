@@ -245,3 +245,15 @@ def test_train_takes_the_activation_metric_and_the_gradient_warm_up(tiny_model, 
         _base(tiny_model, sst2_dir, selection="fixed")
     with pytest.raises(ValueError, match="block index 7 does not exist"):
         train(_base(tiny_model, sst2_dir, max_train_samples=32, selection="fixed", layers=[7]))
+
+
+def test_identical_runs_train_once(tiny_model, sst2_dir):
+    calls = []
+    # activation@100% puts LoRA on every block, as "all" does (but as selection "fixed"): the very same run
+    result = run_compare(_base(tiny_model, sst2_dir, max_train_samples=32), fractions=(1.0,), baselines=(),
+                         seeds=[3], timing=False, on_run=lambda config, report: calls.append(config.seed))
+    every, top = result.variants
+    assert every["layers"] == top["layers"] == [0, 1, 2, 3] and calls == [3]
+    assert top["scores"] == every["scores"] and top["runs"][0]["same_run_as"] == "all"
+    assert result.meta["completed_runs"] == result.meta["planned_runs"] == 2
+    assert result.meta["timing"]["source"].startswith("training runs") and every["step_ms"] > 0
