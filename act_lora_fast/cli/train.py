@@ -143,7 +143,8 @@ def _compare(args):
                                      baselines=csv_list(args.baselines), baseline_fraction=args.baseline_fraction,
                                      seeds=args.seeds, random_draws=args.random_draws, metric=args.metric,
                                      gradient_warmup_steps=args.gradient_warmup_steps, timing=timing,
-                                     output_dir=output_dir, on_run=on_run, progress=not args.no_progress)
+                                     output_dir=output_dir, on_run=on_run, progress=not args.no_progress,
+                                     resume=args.resume)
             except NotImplementedError as err:  # e.g. --metric update on a layer without the fused reduction
                 raise SystemExit(f"act-lora compare: error: {err}") from None
             results.append(result)
@@ -223,6 +224,9 @@ def add_commands(subparsers):
                          help="timing phase clock: process CPU seconds (default; robust on a shared CPU) or wall")
     compare.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     compare.add_argument("--timing-steps", type=int, default=2, help="measured steps per round (default 2)")
+    compare.add_argument("--resume", action="store_true",
+                         help="keep the finished runs of OUT/compare.json (same settings) and train the rest, "
+                              "e.g. to add seeds")
     compare.add_argument("--no-timing", action="store_true",
                          help="skip the timing phase; report the training runs' own step times (not comparable "
                               "on a shared machine)")

@@ -241,7 +241,7 @@ def _seed_list(seeds, base):
 def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINES, baseline_fraction=0.5,
                 seeds=None, random_draws=DEFAULT_RANDOM_DRAWS, metric="input_norm",
                 gradient_warmup_steps=GRADIENT_WARMUP_STEPS, gradient_warmup_lr=HEAD_WARMUP_LR, timing=None,
-                data=None, output_dir=None, profiles=None, on_run=None, progress=False):
+                data=None, output_dir=None, profiles=None, on_run=None, progress=False, resume=False):
     """Train every variant of the matrix on ``base.task`` for every seed; returns a `CompareResult`.
 
     `seeds`: a count N (seeds 0..N-1), a list, or None (``base.seed`` only). `metric`: the activation score
@@ -250,7 +250,10 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
     own step times instead (not comparable on a shared machine). `profiles` (``{"activation"|"gradient":
     LayerScores}``) are reused for every seed instead of profiling. `on_run(config, report)` is called after
     each training run. With `output_dir`: ``compare.json`` (rewritten after every run), ``compare.md``,
-    ``compare.png`` (score ± CI against step time) and each run's folder.
+    ``compare.png`` (score ± CI against step time) and each run's folder. `resume`: keep the finished runs of
+    an earlier ``compare.json`` in `output_dir` (same model, metric and training options; a run is kept when
+    its variant, seed, draw and blocks match) and train only the rest, e.g. to add seeds. Profiles and
+    timing are recomputed.
     """
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
@@ -419,6 +422,7 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                              output_dir=output_dir, variants=variants, seeds=seeds, chance_score=chance,
                              above_chance=above, meta=meta_now)
 
+    previous = _previous_runs(output_dir, meta) if resume and output_dir else {}
     main = _dist.is_main_process()
     trained = {}   # (seed, layers) -> run: identical runs (e.g. gradient@ picking last@'s blocks) train once
     for seed in seeds:
@@ -434,6 +438,12 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                     parts = [folder] if len(seeds) == 1 and entry["draw"] is None else [folder, f"seed{seed}"]
                     config = dataclasses.replace(config, output_dir=os.path.join(output_dir, *parts))
                 key = (seed, tuple(entry["layers"]))
+                earlier = previous.get((spec.name, seed, entry["draw"], key[1]))
+                if earlier is not None:
+                    runs.setdefault(spec.name, []).append(earlier)
+                    trained.setdefault(key, {**earlier, "variant": spec.name})
+                    meta["completed_runs"] += 1
+                    continue
                 if key in trained:  # same seed, same blocks, same everything: the same run (training is seeded)
                     runs.setdefault(spec.name, []).append({**{k: v for k, v in trained[key].items() if k != "variant"},
                                                            "draw": entry["draw"],
@@ -475,6 +485,26 @@ def load_compare(path):
                          data_source=data.get("data_source", ""), output_dir=os.path.dirname(path),
                          variants=data["variants"], seeds=data.get("seeds", []),
                          chance_score=data.get("chance_score"), above_chance=data.get("above_chance"), meta=meta)
+
+
+def _previous_runs(output_dir, meta):
+    """``{(variant, seed, draw, layers): run}`` from `output_dir`'s compare.json, if its settings match."""
+    import json
+
+    path = os.path.join(output_dir, "compare.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        old = json.load(handle)
+    for key in ("model", "metric", "train", "baseline_fraction", "gradient_warmup_steps"):
+        if old.get(key) != meta.get(key):
+            raise ValueError(f"cannot resume from {path}: its {key} is {old.get(key)!r}, this run's is "
+                             f"{meta.get(key)!r}")
+    found = {}
+    for variant in old.get("variants", []):
+        for run in variant.get("runs", []):
+            found[(variant["name"], run["seed"], run.get("draw"), tuple(run["layers"]))] = run
+    return found
 
 
 def _slug(name):

@@ -257,3 +257,19 @@ def test_identical_runs_train_once(tiny_model, sst2_dir):
     assert top["scores"] == every["scores"] and top["runs"][0]["same_run_as"] == "all"
     assert result.meta["completed_runs"] == result.meta["planned_runs"] == 2
     assert result.meta["timing"]["source"].startswith("training runs") and every["step_ms"] > 0
+
+
+def test_resume_adds_seeds_without_retraining(tiny_model, sst2_dir, tmp_path):
+    calls = []
+    base = _base(tiny_model, sst2_dir, max_train_samples=32)
+    first = run_compare(base, fractions=(0.5,), baselines=("last",), seeds=[0], timing=False,
+                        output_dir=str(tmp_path), on_run=lambda c, r: calls.append(c.seed))
+    assert calls == [0, 0, 0]
+    more = run_compare(base, fractions=(0.5,), baselines=("last",), seeds=[0, 1], timing=False,
+                       output_dir=str(tmp_path), resume=True, on_run=lambda c, r: calls.append(c.seed))
+    assert calls == [0, 0, 0, 1, 1, 1]  # seed 0 kept, seed 1 trained
+    assert [v["scores"][0] for v in more.variants] == [v["scores"][0] for v in first.variants]
+    assert all(len(v["scores"]) == 2 for v in more.variants)
+    with pytest.raises(ValueError, match="cannot resume .* metric"):
+        run_compare(base, fractions=(0.5,), baselines=("last",), seeds=[0], timing=False, metric="input_rms",
+                    output_dir=str(tmp_path), resume=True)
