@@ -93,7 +93,7 @@ def _jackknife_ci(vectors, k, confidence=0.95):
     """Jackknife t-interval of the mean pairwise Kendall τ, leaving out one ranking at a time.
 
     Pairs that share a ranking are dependent, so the pairs' own spread understates the uncertainty; the
-    jackknife over rankings does not. Needs ≥ 3 rankings (else [nan, nan]).
+    jackknife over rankings does not. Clipped to τ's range [-1, 1]. Needs ≥ 3 rankings (else [nan, nan]).
     """
     from scipy import stats
 
@@ -111,7 +111,7 @@ def _jackknife_ci(vectors, k, confidence=0.95):
         return [float("nan"), float("nan")]
     se = math.sqrt((n - 1) / n * float(((leave_out - leave_out.mean()) ** 2).sum()))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
-    return [full - half, full + half]
+    return [max(-1.0, full - half), min(1.0, full + half)]  # τ lives in [-1, 1]
 
 
 # ---------------------------------------------------------------------------------------------- the study
