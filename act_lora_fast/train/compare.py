@@ -561,7 +561,8 @@ def format_table(rows, title=None):
 def summarize(results):
     """The average over tasks per variant, as a `CompareResult`: only tasks where all-layer LoRA is
     significantly above chance count (the others are listed in ``meta["excluded_tasks"]``); per seed the
-    task scores are averaged first, so the paired statistics stay paired by seed."""
+    task scores are averaged first, so the paired statistics stay paired by seed. Step time: the mean over
+    tasks; Δ time %: the mean of the per-task changes."""
     if not results:
         raise ValueError("no compare results to summarize")
     included = [r for r in results if r.above_chance is not False]
@@ -588,7 +589,9 @@ def summarize(results):
             continue
         per_seed = [statistics.fmean(v["scores"][v["seeds"].index(s)] for v in per_task) for s in seeds]
         rows.append({"variant": name, "selection": per_task[0]["kind"], "layers": None, "per_seed": per_seed,
-                     "seeds": seeds, "step_ms": _median([v["step_ms"] for v in per_task]),
+                     "seeds": seeds, "step_ms": statistics.fmean(v["step_ms"] for v in per_task)
+                     if all(v["step_ms"] is not None for v in per_task) else None,
+                     "task_delta_time_pct": [v.get("delta_time_pct") for v in per_task],
                      "peak_memory_bytes": statistics.fmean(v["peak_memory_mib"] for v in per_task) * 2**20
                      if all(v["peak_memory_mib"] is not None for v in per_task) else None,
                      "lora_parameters": int(round(statistics.fmean(v["lora_parameters"] for v in per_task))),
@@ -605,10 +608,11 @@ def summarize(results):
         b = [reference["per_seed"][reference["seeds"].index(x)] for x in common]
         d = paired(a, b) if row is not reference else None
         row.update(delta_score=d["mean"] if d else 0.0, delta_ci95=d["ci95"] if d else None,
-                   p_value=d["p_value"] if d else None,
-                   step_ms_ratio=row["step_ms"] / reference["step_ms"] if row["step_ms"] and reference["step_ms"]
-                   else None)
-        row["delta_time_pct"] = 100.0 * (row["step_ms_ratio"] - 1) if row["step_ms_ratio"] else None
+                   p_value=d["p_value"] if d else None)
+        # the mean of the per-task changes: each task weighs the same, whatever its sequence lengths
+        changes = row.pop("task_delta_time_pct")
+        row["delta_time_pct"] = (statistics.fmean(changes) if row is not reference else 0.0) \
+            if all(c is not None for c in changes) else None
     tasks = "+".join(r.task for r in included)
     title = f"GLUE average ({tasks})" + (f"; at chance, left out: {', '.join(excluded)}" if excluded else "")
     return CompareResult(task=title, rows=rows, data_source="per-task runs", output_dir=None,
