@@ -21,7 +21,7 @@ from act_lora_fast.measure.harness import BenchSettings
 from act_lora_fast.measure.scaling import PLACEMENTS, ScalingConfig
 from act_lora_fast.method.profiling import METRICS
 from act_lora_fast.method.selection import STRATEGIES
-from act_lora_fast.train.compare import BASELINES, DEFAULT_BASELINES, DEFAULT_FRACTIONS
+from act_lora_fast.train.compare import ACTIVATION_METRICS, BASELINES, DEFAULT_BASELINES, DEFAULT_FRACTIONS
 from act_lora_fast.train.config import PRECISIONS, SELECTIONS, TrainConfig
 from act_lora_fast.train.demo import DemoConfig
 from tests.models import tiny_bert
@@ -122,8 +122,9 @@ PARSE_CASES = [
     ("select", ["--r", "4"], {"r": 4}),
     ("select", ["--model", "P"], {"model": "P"}),
 
-    ("stability", [], dict(model="minilm", data_dir=None, tasks=None, seeds=5, samples=64, batch_size=16,
-                           max_seq_len=128, k=None, out=None, no_progress=False)),
+    ("stability", [], dict(model="minilm", data_dir=None, tasks=None, seeds=10, samples=64, batch_size=16,
+                           max_seq_len=128, k=None, out=None, no_progress=False, head_warmup_steps=16)),
+    ("stability", ["--head-warmup-steps", "4"], {"head_warmup_steps": 4}),
     ("stability", ["--model", "P"], {"model": "P"}),
     ("stability", ["--data-dir", "D"], {"data_dir": "D"}),
     ("stability", ["--tasks", "rte,stsb"], {"tasks": ["rte", "stsb"]}),
@@ -144,10 +145,25 @@ PARSE_CASES = [
     ("train", ["--fraction", "0.5"], {"fraction": 0.5}),
     ("train", ["--cumulative", "0.8"], {"cumulative": 0.8}),
     ("train", ["--resume-from", "AD"], {"resume_from": "AD"}),
+    ("train", ["--layers", "1,3"], {"layers": "1,3"}),
+    *[("train", ["--metric", m], {"metric": m}) for m in ACTIVATION_METRICS],
+    ("train", ["--gradient-warmup-steps", "4"], {"gradient_warmup_steps": 4}),
     *[("train", argv, expected) for argv, expected in _RUN_OPTIONS],
 
     ("compare", [], dict(task="sst2", output_dir="act-lora-compare", fractions="0.25,0.5,0.75",
-                         baselines="gradient,random,bottom,last", baseline_fraction=0.5, **_RUN_DEFAULTS)),
+                         baselines=",".join(DEFAULT_BASELINES), baseline_fraction=0.5, seeds=None,
+                         random_draws=5, metric="input_norm", gradient_warmup_steps=16, clock="process",
+                         timing_rounds=3, timing_steps=2, resume=False, no_timing=False, **_RUN_DEFAULTS)),
+    ("compare", ["--seeds", "3"], {"seeds": 3}),
+    ("compare", ["--seeds", "0,2,5"], {"seeds": [0, 2, 5]}),
+    ("compare", ["--random-draws", "2"], {"random_draws": 2}),
+    *[("compare", ["--metric", m], {"metric": m}) for m in ACTIVATION_METRICS],
+    ("compare", ["--gradient-warmup-steps", "4"], {"gradient_warmup_steps": 4}),
+    *[("compare", ["--clock", c], {"clock": c}) for c in ("process", "wall")],
+    ("compare", ["--timing-rounds", "5"], {"timing_rounds": 5}),
+    ("compare", ["--timing-steps", "1"], {"timing_steps": 1}),
+    ("compare", ["--resume"], {"resume": True}),
+    ("compare", ["--no-timing"], {"no_timing": True}),
     ("compare", ["--task", "rte,mrpc"], {"task": "rte,mrpc"}),
     ("compare", ["--output-dir", "O"], {"output_dir": "O"}),
     ("compare", ["--fractions", "0.25,0.5"], {"fractions": "0.25,0.5"}),
@@ -484,12 +500,13 @@ def test_demo_options_reach_the_demo_config(monkeypatch, tmp_path):
 def test_stability_options_reach_the_study(monkeypatch):
     call = _called(monkeypatch, "act_lora_fast.method.stability.stability_study", [
         "stability", "--model", "P", "--data-dir", "D", "--tasks", "rte,stsb", "--seeds", "3", "--samples", "8",
-        "--batch-size", "4", "--max-seq-len", "32", "--k", "2", "--out", "O", "--no-progress"])
+        "--batch-size", "4", "--max-seq-len", "32", "--k", "2", "--out", "O", "--no-progress",
+        "--head-warmup-steps", "4"])
     assert call.kwargs == dict(model="P", data_dir="D", tasks=["rte", "stsb"], seeds=3, samples=8, batch_size=4,
-                               max_seq_len=32, k=2, out_dir="O", progress=False)
+                               max_seq_len=32, k=2, out_dir="O", progress=False, head_warmup_steps=4)
     call = _called(monkeypatch, "act_lora_fast.method.stability.stability_study", ["stability"])
-    assert call.kwargs == dict(model="minilm", data_dir=None, tasks=None, seeds=5, samples=64, batch_size=16,
-                               max_seq_len=128, k=None, out_dir=None, progress=True)
+    assert call.kwargs == dict(model="minilm", data_dir=None, tasks=None, seeds=10, samples=64, batch_size=16,
+                               max_seq_len=128, k=None, out_dir=None, progress=True, head_warmup_steps=16)
 
 
 @pytest.fixture

@@ -73,7 +73,9 @@ def add_commands(subparsers):
                                 "(default: built-in sentences with seeded random labels)")
     stability.add_argument("--tasks", type=csv_list, metavar="NAMES",
                            help="comma-separated GLUE tasks to use (default: all present)")
-    stability.add_argument("--seeds", type=positive_int, default=5, help="seeds per task, >= 2 (default: 5)")
+    stability.add_argument("--seeds", type=positive_int, default=10, help="seeds per task, >= 2 (default: 10)")
+    stability.add_argument("--head-warmup-steps", type=int, default=16,
+                           help="head-only training steps before the gradient ranking (default 16; 0: random head)")
     stability.add_argument("--samples", type=positive_int, default=64,
                            help="calibration examples per seed (default: 64)")
     stability.add_argument("--batch-size", type=positive_int, default=16, help="examples per batch (default: 16)")
@@ -172,7 +174,8 @@ def run_stability(args):
 
     summary = stability_study(model=args.model, data_dir=args.data_dir, tasks=args.tasks, seeds=args.seeds,
                               samples=args.samples, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-                              k=args.k, out_dir=args.out, progress=not args.no_progress)
+                              k=args.k, head_warmup_steps=args.head_warmup_steps, out_dir=args.out,
+                              progress=not args.no_progress)
     print(summary["table"])
     if args.out:
         print(f"results written to {args.out}/stability.json, .png and .txt")

@@ -5,7 +5,8 @@ import os
 from .. import _dist
 from ..functional import BACKENDS
 from ..model.hf import resolve_model_path
-from ..train.compare import BASELINES
+from ..train.compare import (ACTIVATION_METRICS, BASELINES, DEFAULT_BASELINES, DEFAULT_RANDOM_DRAWS,
+                             GRADIENT_WARMUP_STEPS)
 from ..train.config import PRECISIONS, SELECTIONS, TrainConfig
 from ._args import csv_floats, csv_list
 
@@ -16,6 +17,14 @@ class _Given(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
         namespace.given = getattr(namespace, "given", set()) | {self.dest}
+
+
+def _seeds(text):
+    """--seeds: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
+    text = text.strip()
+    if "," in text:
+        return [int(s) for s in csv_list(text)]
+    return int(text)
 
 
 def _add_run_options(parser):
@@ -98,8 +107,11 @@ def _train(args):
     from ..train.loop import train
 
     saved = _check_resume_options(args) if args.resume_from else {}
-    config = _config_from_args(args, selection=args.selection, k=args.k, fraction=args.fraction,
-                               cumulative=args.cumulative, resume_from=args.resume_from,
+    layers = [int(i) for i in csv_list(args.layers)] if args.layers else None
+    config = _config_from_args(args, selection="fixed" if layers and not args.selection else args.selection,
+                               k=args.k, fraction=args.fraction, cumulative=args.cumulative,
+                               resume_from=args.resume_from, layers=layers, metric=args.metric,
+                               gradient_warmup_steps=args.gradient_warmup_steps,
                                **{k: v for k, v in saved.items() if k not in getattr(args, "given", ())})
     try:
         report = train(config).report
@@ -138,10 +150,14 @@ def _check_resume_options(args):
 
 
 def _compare(args):
-    from ..train.compare import (SUMMARY_OUTPUTS, claim_compare_dir, run_compare, summarize, variant_configs,
-                                 write_compare_outputs)
+    from ..measure.timing import TimingSettings
+    from ..train.compare import (SUMMARY_OUTPUTS, claim_compare_dir, run_compare, seed_list, summarize,
+                                 variant_specs, write_compare_outputs)
     from ..train.distributed import cleanup_distributed
     from ..train.outputs import claim_output_dir
+
+    timing = False if args.no_timing else TimingSettings(rounds=args.timing_rounds, steps=args.timing_steps,
+                                                         clock=args.clock)
 
     tasks = csv_list(args.task)
     if not tasks:
@@ -149,10 +165,11 @@ def _compare(args):
     fractions, baselines = csv_floats(args.fractions), csv_list(args.baselines)
     for task in tasks:  # every task's config and folder checked before the first run starts
         output_dir = os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir
-        configs = variant_configs(_config_from_args(args, task=task, output_dir=None), fractions, baselines,
-                                  args.baseline_fraction)
-        if _dist.is_main_process():
-            claim_compare_dir(output_dir, configs, overwrite=args.overwrite)
+        specs = variant_specs(fractions, baselines, args.baseline_fraction)
+        seeds = seed_list(args.seeds, _config_from_args(args, task=task, output_dir=None))
+        if _dist.is_main_process() and not args.resume:
+            claim_compare_dir(output_dir, specs, seeds=seeds, random_draws=args.random_draws,
+                              overwrite=args.overwrite)
     if len(tasks) > 1 and _dist.is_main_process():
         claim_output_dir(args.output_dir, overwrite=args.overwrite, owned=SUMMARY_OUTPUTS,
                          option="--output-dir")
@@ -163,11 +180,18 @@ def _compare(args):
             base = _config_from_args(args, task=task, output_dir=None)
             def on_run(config, report, task=task):
                 if _dist.is_main_process():
-                    print(f"[{task}] {config.selection_label}: score {report['score']:.2f}, step "
-                          f"{report['step_time_ms']['step']:.1f} ms, layers {report['selected_layers']}",
-                          flush=True)
-            result = run_compare(base, fractions=fractions, baselines=baselines,
-                                 baseline_fraction=args.baseline_fraction, output_dir=output_dir, on_run=on_run)
+                    print(f"[{task}] seed {config.seed} {config.selection_label}: last-epoch score "
+                          f"{report['history'][-1]['score']:.2f}, {report['wall_seconds']:.0f} s, layers "
+                          f"{report['selected_layers']}", flush=True)
+            try:
+                result = run_compare(base, fractions=fractions, baselines=baselines,
+                                     baseline_fraction=args.baseline_fraction, seeds=args.seeds,
+                                     random_draws=args.random_draws, metric=args.metric,
+                                     gradient_warmup_steps=args.gradient_warmup_steps, timing=timing,
+                                     output_dir=output_dir, on_run=on_run, progress=not args.no_progress,
+                                     resume=args.resume)
+            except NotImplementedError as err:  # e.g. --metric update on a layer without the fused reduction
+                raise ValueError(str(err)) from None  # main reports it: exit 2, one line
             results.append(result)
             if _dist.is_main_process():
                 print("\n" + result.markdown() + "\n", flush=True)
@@ -208,6 +232,11 @@ def add_commands(subparsers):
     how_many.add_argument("--k", type=int, help="number of blocks")
     how_many.add_argument("--fraction", type=float, help="fraction of the blocks, e.g. 0.5")
     how_many.add_argument("--cumulative", type=float, help="fewest top blocks covering this share of the score")
+    sel.add_argument("--layers", help="comma-separated block indices (selection 'fixed', chosen beforehand)")
+    sel.add_argument("--metric", default="input_norm", choices=ACTIVATION_METRICS,
+                     help="the activation score (default input_norm; update = Σ‖x‖·‖dy‖, needs a layer with it)")
+    sel.add_argument("--gradient-warmup-steps", type=int, default=0,
+                     help="--selection gradient: head-only training steps before scoring (default 0: random head)")
     train.add_argument("--resume-from", help="a saved adapter folder to continue training (its layers are used)")
     _add_run_options(train)
     train.set_defaults(func=_train)
@@ -220,9 +249,32 @@ def add_commands(subparsers):
     compare.add_argument("--task", default="sst2", help="a task, or several comma-separated (e.g. rte,mrpc)")
     compare.add_argument("--output-dir", default="act-lora-compare")
     compare.add_argument("--fractions", default="0.25,0.5,0.75", help="Act-LoRA fractions (default 0.25,0.5,0.75)")
-    compare.add_argument("--baselines", default="gradient,random,bottom,last",
-                         help=f"comma-separated from {', '.join(BASELINES)} ('' for none)")
+    compare.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
+                         help=f"comma-separated from {', '.join(BASELINES)} ('' for none; default "
+                              f"{','.join(DEFAULT_BASELINES)})")
     compare.add_argument("--baseline-fraction", type=float, default=0.5)
+    compare.add_argument("--seeds", type=_seeds, default=None,
+                         help="a count N (seeds 0..N-1) or a list (0,3,7): every variant is trained on each; "
+                              "default: --seed only")
+    compare.add_argument("--random-draws", type=int, default=DEFAULT_RANDOM_DRAWS,
+                         help="random@ baseline: at least this many draws in all, from its own seed stream "
+                              f"(default {DEFAULT_RANDOM_DRAWS})")
+    compare.add_argument("--metric", default="input_norm", choices=ACTIVATION_METRICS,
+                         help="the activation score Act-LoRA ranks by (default input_norm; update = "
+                              "Σ‖x‖·‖dy‖ from the backward, needs a layer that provides it)")
+    compare.add_argument("--gradient-warmup-steps", type=int, default=GRADIENT_WARMUP_STEPS,
+                         help="head-only training steps before gradient (and update) scoring "
+                              f"(default {GRADIENT_WARMUP_STEPS}; 0: a random head)")
+    compare.add_argument("--clock", default="process", choices=("process", "wall"),
+                         help="timing phase clock: process CPU seconds (default; robust on a shared CPU) or wall")
+    compare.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    compare.add_argument("--timing-steps", type=int, default=2, help="measured steps per round (default 2)")
+    compare.add_argument("--resume", action="store_true",
+                         help="keep the finished runs of OUT/compare.json (same settings) and train the rest, "
+                              "e.g. to add seeds")
+    compare.add_argument("--no-timing", action="store_true",
+                         help="skip the timing phase; report the training runs' own step times (not comparable "
+                              "on a shared machine)")
     _add_run_options(compare)
     compare.set_defaults(func=_compare)
 

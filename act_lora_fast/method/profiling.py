@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import _dist
-from .._checks import check_bool, check_choice, check_int
+from .._checks import check_bool, check_choice, check_int, check_positive
 from ..layer import FastActLoRALinear
 from ..model.anatomy import (as_linear, find_blocks, is_conv1d, linear_shape, replace_module, target_linears,
                              unwrap_model)
@@ -25,6 +25,8 @@ from .scores import LayerScores
 
 METRICS = ("input_norm", "input_rms", "block_output")
 GRADIENT_METRIC = "gradient_norm"
+UPDATE_METRIC = "update"          # Σ_t ‖x_t‖·‖dy_t‖ per module, from the layer's backward (profile_updates)
+HEAD_WARMUP_LR = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -52,11 +54,12 @@ def _frozen_eval(model):
 
 
 @contextlib.contextmanager
-def _probes(model, modules, current_mask):
+def _probes(model, modules, current_mask, *, track_update=False):
     """Swap each targeted linear for a probe-mode FastActLoRALinear; put the originals back on exit.
 
     An already injected FastActLoRALinear is profiled in place (norm tracking on, its stats restored).
-    ``current_mask`` is a one-element list holding the running batch's token mask.
+    ``current_mask`` is a one-element list holding the running batch's token mask. With `track_update` the
+    probes also reduce the update score Σ_t ‖x_t‖·‖dy_t‖ in every backward.
     """
     probes, swapped, hooks, restore = {}, [], [], []
 
@@ -67,13 +70,13 @@ def _probes(model, modules, current_mask):
     try:
         for name, module in modules.items():
             if isinstance(module, FastActLoRALinear):
-                restore.append((module, module.track_norms, module.norm_token_mask,
-                                module.norm_stat_tensor().clone()))
-                module.track_norms = True
+                restore.append((module, module.track_norms, module.track_update, module.norm_token_mask,
+                                module.norm_stat_tensor().clone(), module.update_stat_tensor().clone()))
+                module.track_norms, module.track_update = True, track_update or module.track_update
                 module.reset_norm_stats()
                 probe = module
             else:
-                probe = FastActLoRALinear(as_linear(module), r=0, probe=True)
+                probe = FastActLoRALinear(as_linear(module), r=0, probe=True, track_update=track_update)
                 replace_module(model, name, probe)
                 swapped.append((name, module))
             hooks.append(probe.register_forward_pre_hook(set_mask))
@@ -84,9 +87,10 @@ def _probes(model, modules, current_mask):
             hook.remove()
         for name, module in reversed(swapped):
             replace_module(model, name, module)
-        for module, track, mask, sums in restore:
-            module.track_norms, module.norm_token_mask = track, mask
+        for module, track, track_update_before, mask, sums, update_sums in restore:
+            module.track_norms, module.track_update, module.norm_token_mask = track, track_update_before, mask
             module.norm_stat_tensor().copy_(sums)
+            module.update_stat_tensor().copy_(update_sums)
 
 
 def _block_output_hooks(blocks, sums, current_mask):
@@ -133,7 +137,13 @@ def profile_activations(model, batches, *, target_modules=None, metric="input_no
     `batches` are dicts of tensors as a tokenizer or DataLoader gives them; only the keys the model's forward
     takes are passed (labels are ignored). The model runs in eval mode without grad; afterwards it has the
     same modules, flags and outputs as before.
+
+    ``metric="update"`` is the fused update score Σ_t ‖x_t‖·‖dy_t‖ (see `profile_updates`, which it calls
+    with the default head; the batches then need labels).
     """
+    if metric == UPDATE_METRIC:
+        return profile_updates(model, batches, target_modules=target_modules, max_batches=max_batches,
+                               progress=progress, blocks=blocks)
     model = _check_common(model, metric, max_batches, progress, METRICS)
     stack = find_blocks(model, blocks)
     targets = target_linears(model, target_modules, stack.path)
@@ -220,6 +230,37 @@ def _seeded_head(model, seed):
                 head.load_state_dict(state)
 
 
+def _warm_up_head(model, heads, batches, steps, lr, device):
+    """Train only the task head's parameters for `steps` AdamW steps on `batches` (cycled), body frozen.
+
+    The gradient baseline then scores the blocks with a head that has learnt something about the task,
+    as a real fine-tuning run's first steps would, rather than with a random head (whose gradients favour
+    the top blocks whatever the task). The caller restores the head afterwards.
+    """
+    params = [p for head in heads for p in head.parameters()]
+    if steps == 0 or not params:
+        return
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        inputs = model_inputs(model, batch)
+        label_key = next((k for k in LABEL_KEYS if k in batch), None)
+        if label_key is None:
+            raise ValueError(f"the head warm-up needs labels: batch keys are {sorted(batch)}")
+        labels = check_labels(model, batch[label_key], label_key).to(device)
+        loss = _loss(model(**inputs, labels=labels))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for param in params:
+        param.requires_grad_(False)
+        param.grad = None
+
+
 def _loss(output):
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
@@ -234,7 +275,7 @@ def _loss(output):
 
 
 def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batches=None, progress=True,
-                      blocks=None):
+                      blocks=None, head_warmup_steps=0, head_warmup_lr=HEAD_WARMUP_LR):
     """The gradient-guided baseline: score blocks by the norm of the loss gradient w.r.t. their weights.
 
     For batch b with loss L_b (the model's own loss, mean over the batch) and block l with targeted weights
@@ -246,11 +287,16 @@ def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batche
     batches of all ranks. The model runs in eval mode (no dropout). Its task head (a top-level ``classifier``,
     ``score`` or ``qa_outputs``) is re-drawn from `seed` as N(0, initializer_range²) weights and zero bias
     for the run, so the baseline does not depend on whatever head the model was loaded with; a model
-    without one (a causal LM) is used as is. Every batch needs ``labels`` (or ``label``). Afterwards the
-    model's weights, flags and modes are as before, and no ``.grad`` is touched.
+    without one (a causal LM) is used as is. With ``head_warmup_steps`` > 0 that head is first trained alone
+    (body frozen, AdamW at ``head_warmup_lr``) for that many steps on the calibration batches, cycled: the
+    paper's gradient-guided importance, not the ranking a random head gives (which favours the top blocks).
+    Every batch needs ``labels`` (or ``label``). Afterwards the model's weights, flags and modes are as
+    before, and no ``.grad`` is touched.
     """
     model = _check_common(model, GRADIENT_METRIC, max_batches, progress, (GRADIENT_METRIC,))
     check_int("seed", seed)
+    check_int("head_warmup_steps", head_warmup_steps, 0)
+    check_positive("head_warmup_lr", head_warmup_lr)
     stack = find_blocks(model, blocks)
     targets = target_linears(model, target_modules, stack.path)
     _check_block_targets(targets)
@@ -265,7 +311,12 @@ def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batche
     block_sums = torch.zeros(len(stack), dtype=torch.float64, device=device)
     extra = torch.zeros(2, dtype=torch.float64, device=device)  # real tokens, batches
 
-    with _frozen_eval(model), _seeded_head(model, seed), torch.enable_grad():
+    if head_warmup_steps:
+        batches = list(batches)  # iterated twice: the warm-up, then the scoring
+        if not batches:
+            raise ValueError("no calibration batches: batches was empty")
+    with _frozen_eval(model), _seeded_head(model, seed) as heads, torch.enable_grad():
+        _warm_up_head(model, heads, batches, head_warmup_steps, head_warmup_lr, device)
         for param in model.parameters():
             param.requires_grad_(False)
         for weight in weights:
@@ -294,7 +345,97 @@ def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batche
     module_scores = dict(zip(names, (reduced[:len(names)] / num_batches).tolist()))
     scores = (reduced[len(names):len(names) + len(stack)] / num_batches).tolist()
     shapes = {name: list(linear_shape(targets[i][name])) for i in range(len(stack)) for name in targets[i]}
-    meta = {**_meta(model, target_modules), "seed": seed}
+    meta = {**_meta(model, target_modules), "seed": seed, "head_warmup_steps": head_warmup_steps}
     return LayerScores(scores=scores, module_scores=module_scores, metric=GRADIENT_METRIC, block_path=stack.path,
                        layers_pattern=stack.layers_pattern, module_shapes=shapes, num_tokens=int(reduced[-2]),
                        num_batches=num_batches, meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------- update score
+def layer_has_update_stats():
+    """Whether the installed FastActLoRALinear reduces Σ_t ‖x_t‖·‖dy_t‖ in backward (``norm_stats()['sum_update']``)."""
+    probe = FastActLoRALinear(nn.Linear(2, 2), r=0, probe=True)
+    return "sum_update" in probe.norm_stats()
+
+
+def _block_input_needs_grad(module, args, kwargs):
+    """Make the lowest block's hidden-state input require grad, so backward runs through every block."""
+    if args and isinstance(args[0], torch.Tensor):
+        return (args[0].detach().requires_grad_(),) + tuple(args[1:]), kwargs
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_()}
+    raise TypeError(f"{type(module).__name__} got no hidden-state tensor to start the backward from")
+
+
+def profile_updates(model, batches, *, seed=0, target_modules=None, max_batches=None, progress=True, blocks=None,
+                    head_warmup_steps=0, head_warmup_lr=HEAD_WARMUP_LR):
+    """The fused update score (``metric="update"``): per module, (1/T) Σ_t ‖x_t‖·‖dy_t‖ over real tokens t.
+
+    A LoRA layer's first update scales with it: at B = 0, ∂L/∂B = s·dyᵀ(x Aᵀ), so token t contributes in
+    proportion to ‖x_t‖·‖dy_t‖; the activation score keeps ‖x_t‖ only. Each targeted linear is swapped for a
+    probe-mode FastActLoRALinear whose backward reduces ‖dy_t‖ from the dy it reads anyway (the layer's
+    ``norm_stats()['sum_update']``), so a few calibration forward + backward passes give the scores. The loss
+    is the model's own (labels needed), with the task head drawn from `seed` and optionally warmed up first,
+    as in `profile_gradients`. A block's score is the mean over its modules. The model is restored exactly.
+
+    Raises NotImplementedError when the installed layer does not provide ``sum_update``.
+    """
+    if not layer_has_update_stats():
+        raise NotImplementedError(
+            "metric='update' needs FastActLoRALinear.norm_stats()['sum_update'] (Σ‖x_t‖·‖dy_t‖ reduced in the "
+            "backward kernels); the installed act_lora_fast.layer does not provide it yet")
+    model = _check_common(model, UPDATE_METRIC, max_batches, progress, (UPDATE_METRIC,))
+    check_int("seed", seed)
+    check_int("head_warmup_steps", head_warmup_steps, 0)
+    check_positive("head_warmup_lr", head_warmup_lr)
+    stack = find_blocks(model, blocks)
+    targets = target_linears(model, target_modules, stack.path)
+    _check_block_targets(targets)
+    if "labels" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"{type(model).__name__}.forward takes no labels: the update score needs a model "
+                         "with a task head (e.g. AutoModelForSequenceClassification)")
+    flat = {name: module for i in range(len(stack)) for name, module in targets[i].items()}
+    device = model_device(model)
+    current_mask = [None]
+    extra = torch.zeros(2, dtype=torch.float64, device=device)  # real tokens, batches
+    batches = list(batches)
+    if not batches:
+        raise ValueError("no calibration batches: batches was empty")
+
+    with _frozen_eval(model), _seeded_head(model, seed) as heads, torch.enable_grad(), \
+            contextlib.ExitStack() as stack_ctx:
+        _warm_up_head(model, heads, batches, head_warmup_steps, head_warmup_lr, device)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        probes = stack_ctx.enter_context(_probes(model, flat, current_mask, track_update=True))
+        hook = stack.blocks[0].register_forward_pre_hook(_block_input_needs_grad, with_kwargs=True)
+        stack_ctx.callback(hook.remove)
+        for batch in iterate(batches, max_batches, progress, "profiling update scores"):
+            inputs = model_inputs(model, batch)
+            label_key = next((k for k in LABEL_KEYS if k in batch), None)
+            if label_key is None:
+                raise ValueError(f"the update score needs labels: batch keys are {sorted(batch)}, with no "
+                                 "'labels' or 'label'")
+            labels = check_labels(model, batch[label_key], label_key).to(device)
+            current_mask[0] = token_mask(inputs)
+            _loss(model(**inputs, labels=labels)).backward()
+            tokens = current_mask[0].sum() if current_mask[0] is not None else 0
+            extra += torch.tensor([float(tokens), 1.0], dtype=torch.float64, device=device)
+        stats = [probes[name].norm_stats() for name in flat]
+        sums = torch.tensor([[s["sum_update"], s["update_count"]] for s in stats], dtype=torch.float64,
+                            device=device)
+
+    reduced = _dist.all_reduce_sum(torch.cat([sums.flatten(), extra])).cpu()
+    sums = reduced[:sums.numel()].view(-1, 2)
+    if int(reduced[-1]) == 0:
+        raise ValueError("no calibration batches: batches was empty")
+    unseen = [name for name, (_, count) in zip(flat, sums.tolist()) if count == 0]
+    if unseen:
+        raise ValueError(f"module(s) {unseen[:5]} saw no real token on the calibration batches")
+    module_scores = {name: total / count for name, (total, count) in zip(flat, sums.tolist())}
+    scores = [sum(module_scores[n] for n in targets[i]) / len(targets[i]) for i in range(len(stack))]
+    meta = {**_meta(model, target_modules), "seed": seed, "head_warmup_steps": head_warmup_steps}
+    return LayerScores(scores=scores, module_scores=module_scores, metric=UPDATE_METRIC, block_path=stack.path,
+                       layers_pattern=stack.layers_pattern,
+                       module_shapes={n: list(linear_shape(m)) for n, m in flat.items()},
+                       num_tokens=int(reduced[-2]), num_batches=int(reduced[-1]), meta=meta)

@@ -85,3 +85,23 @@ def select_layers(scores, *, k=None, fraction=None, cumulative=None, strategy="t
     else:
         chosen = range(n - count, n)
     return sorted(chosen)
+
+
+def selection_margin(scores, layers):
+    """How decisively `layers` won: (lowest chosen score − highest unchosen score) / mean score.
+
+    For a top-k selection this is the relative gap between the k-th and (k+1)-th ranked blocks; a margin
+    near 0 means the selection is close to a tie-break (another calibration sample may flip it); a negative
+    one means an unchosen block outscores a chosen one (a baseline, or a cost-aware pick). None when every
+    block (or none) is chosen, or when the mean score is 0.
+    """
+    scores = score_list(scores)
+    chosen = set(int(i) for i in layers)
+    if not chosen or len(chosen) >= len(scores):
+        return None
+    mean = sum(scores) / len(scores)
+    if mean == 0:
+        return None
+    lowest_in = min(scores[i] for i in chosen)
+    highest_out = max(s for i, s in enumerate(scores) if i not in chosen)
+    return (lowest_in - highest_out) / mean

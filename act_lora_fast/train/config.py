@@ -11,7 +11,7 @@ from ..data.glue import GlueTask, get_task
 from ..functional import check_backend_name
 from ..model.targets import check_target_modules
 
-SELECTIONS = ("all", "activation", "gradient", "random", "bottom", "first", "last")
+SELECTIONS = ("all", "activation", "gradient", "random", "bottom", "first", "last", "fixed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -23,7 +23,8 @@ class TrainConfig:
     Layer selection: ``selection`` is one of
     ``"all"`` (LoRA in every block), ``"activation"`` (Act-LoRA: the blocks with the largest input activation
     norms), ``"gradient"`` (largest gradient norms), ``"random"``, ``"bottom"`` (smallest activation norms),
-    ``"first"`` / ``"last"`` (the lowest / topmost blocks of the stack). How many: ``k`` blocks, a
+    ``"first"`` / ``"last"`` (the lowest / topmost blocks of the stack), ``"fixed"`` (exactly the block
+    indices in ``layers``, chosen beforehand, e.g. by `compare`). How many: ``k`` blocks, a
     ``fraction`` of them, or the fewest covering a ``cumulative`` share of the total score. Left as None it
     is ``"activation"`` when k/fraction/cumulative is given, else ``"all"``.
     """
@@ -36,7 +37,10 @@ class TrainConfig:
     k: Optional[int] = None
     fraction: Optional[float] = None
     cumulative: Optional[float] = None
+    layers: Optional[list] = None               # the blocks of selection "fixed"
     calibration_samples: int = 256
+    metric: str = "input_norm"                  # the activation score: input_norm, input_rms, block_output, update
+    gradient_warmup_steps: int = 0              # selection "gradient": head-only steps before scoring (0: random head)
     # the adapter
     r: int = 8
     alpha: float = 16
@@ -86,7 +90,19 @@ class TrainConfig:
         given = [n for n in ("k", "fraction", "cumulative") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of k, fraction, cumulative; got {', '.join(given)}")
-        if self.selection != "all" and not given:
+        if (self.selection == "fixed") != (self.layers is not None):
+            raise ValueError("selection 'fixed' needs layers (a list of block indices), and layers need "
+                             f"selection 'fixed'; got selection={self.selection!r}, layers={self.layers!r}")
+        if self.selection == "fixed":
+            if given:
+                raise ValueError(f"selection 'fixed' takes no {given[0]}")
+            if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+                raise TypeError(f"layers must be a list of block indices, got {self.layers!r}")
+            self.layers = [check_int("layers[]", i, 0) for i in self.layers]
+            if not self.layers or len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers must be distinct block indices, at least one, got {self.layers}")
+            self.layers = sorted(self.layers)
+        elif self.selection != "all" and not given:
             raise ValueError(f"selection {self.selection!r} needs k, fraction or cumulative")
         if self.selection == "all" and given:
             raise ValueError(f"selection 'all' takes no {given[0]}")
@@ -120,6 +136,8 @@ class TrainConfig:
         for name in ("max_train_samples", "max_eval_samples", "eval_steps"):
             check_int(name, getattr(self, name), 1, optional=True)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("metric", self.metric, ("input_norm", "input_rms", "block_output", "update"))
+        check_int("gradient_warmup_steps", self.gradient_warmup_steps, 0)
         if self.resume_from is not None and not os.path.isdir(self.resume_from):
             raise FileNotFoundError(f"resume_from: adapter folder not found: {self.resume_from}")
 
@@ -128,6 +146,8 @@ class TrainConfig:
         """A short name for tables: "all", "activation@50%", "random@k=3", ..."""
         if self.selection == "all":
             return "all"
+        if self.selection == "fixed":
+            return "fixed:" + ",".join(map(str, self.layers))
         if self.fraction is not None:
             return f"{self.selection}@{self.fraction:.0%}"
         if self.k is not None:

@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from .. import _dist
+from .._checks import check_layers
 from .._io import write_json
 from ..data.glue import GlueData, TokenizedDataset, check_texts, get_task, load_glue
 from ..functional import resolve_backend
 from ..layer import FastActLoRALinear
 from ..measure.accounting import StepProfiler, trainable_parameters
 from ..method.batches import without_labels
-from ..method.profiling import profile_activations, profile_gradients
+from ..method.profiling import profile_activations, profile_gradients, profile_updates
 from ..method.selection import select_layers
 from ..model.adapters import load_adapter, save_adapter
 from ..model.anatomy import find_blocks
@@ -82,15 +83,21 @@ def choose_layers(model, config, calibration, ctx, *, scores=None):
     n_blocks = len(find_blocks(model).blocks)
     if config.selection == "all":
         return list(range(n_blocks)), None, 0.0
+    if config.selection == "fixed":
+        return check_layers(config.layers, n_blocks), None, 0.0
     seconds = 0.0
     if scores is None and needs_profile(config):
         start = time.perf_counter()
         progress = config.progress and ctx.is_main
         if config.selection == "gradient":
             scores = profile_gradients(model, calibration, seed=config.seed,
-                                       target_modules=config.target_modules, progress=progress)
+                                       target_modules=config.target_modules, progress=progress,
+                                       head_warmup_steps=config.gradient_warmup_steps)
+        elif config.metric == "update":  # Σ‖x‖·‖dy‖ needs the loss, so the labels stay
+            scores = profile_updates(model, calibration, seed=config.seed, target_modules=config.target_modules,
+                                     progress=progress, head_warmup_steps=config.gradient_warmup_steps)
         else:
-            scores = profile_activations(model, without_labels(calibration),
+            scores = profile_activations(model, without_labels(calibration), metric=config.metric,
                                          target_modules=config.target_modules, progress=progress)
         seconds = time.perf_counter() - start
     strategy = "top" if config.selection in ("activation", "gradient") else config.selection

@@ -86,3 +86,35 @@ def test_stability_command_on_glue(tmp_path, capsys):
     assert set(summary["tasks"]) == {"rte", "stsb"} and "across_tasks" in summary
     assert main(["stability", "--data-dir", str(tmp_path / "none"), "--seeds", "2"]) == 2
     assert "GLUE data directory not found" in capsys.readouterr().err
+
+
+def test_kendall_tau_ci_is_the_jackknife_over_rankings():
+    import itertools
+    import math
+
+    vectors = [[0.2, 1.3, 0.7, 2.9, 1.1], [0.3, 0.9, 1.4, 2.5, 0.8], [1.9, 0.2, 0.6, 1.0, 2.4], [0.1, 1.0, 0.9, 3.0, 1.2]]
+    result = ranking_stability(vectors, k=2)
+    tau = {(i, j): stats.kendalltau(vectors[i], vectors[j]).statistic
+           for i, j in itertools.combinations(range(4), 2)}
+    full = sum(tau.values()) / len(tau)
+    loo = [sum(v for p, v in tau.items() if m not in p) / 3 for m in range(4)]
+    mean_loo = sum(loo) / 4
+    se = math.sqrt(3 / 4 * sum((x - mean_loo) ** 2 for x in loo))
+    half = stats.t.ppf(0.975, 3) * se
+    assert result["kendall_tau_ci95"] == pytest.approx([max(-1.0, full - half), min(1.0, full + half)])  # τ range
+    same = ranking_stability([[1.0, 2.0, 3.0]] * 3)
+    assert same["kendall_tau_ci95"] == pytest.approx([1.0, 1.0])
+    two = ranking_stability([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    assert all(x != x for x in two["kendall_tau_ci95"])  # NaN: a jackknife needs 3 rankings
+
+
+def test_study_varies_sample_and_head_separately(tmp_path):
+    minilm_path()
+    summary = stability_study(seeds=3, samples=6, batch_size=3, max_seq_len=24, head_warmup_steps=2,
+                              progress=False)
+    result = summary["tasks"]["builtin"]
+    # the head experiment keeps seed 0's sample: its first ranking equals the sample experiment's first
+    assert result["gradient_head_scores"][0] == pytest.approx(result["gradient_scores"][0])
+    assert result["gradient_head_scores"][1] != result["gradient_head_scores"][0]  # another head
+    assert len(result["gradient_head"]["kendall_tau_ci95"]) == 2 and summary["head_warmup_steps"] == 2
+    assert "grad tau (head)" in summary["table"] and "jackknife" in summary["table"]

@@ -9,7 +9,6 @@ import act_lora_fast as A
 from act_lora_fast import select_layers
 from act_lora_fast.cli import main as cli_main
 from act_lora_fast.layer import FastActLoRALinear
-from act_lora_fast.train.compare import format_table, run_compare, summarize, variant_configs
 from act_lora_fast.train.demo import synthetic_sentiment
 from act_lora_fast.data.glue import Example, TokenizedDataset, compute_metrics, load_glue
 from act_lora_fast.train.distributed import LengthGroupedBatchSampler
@@ -217,39 +216,7 @@ def test_train_config_rejects_bad_options(tiny_model, tmp_path):
     assert TrainConfig(model=tiny_model).selection == "all"
 
 
-def test_compare_runs_the_matrix_and_writes_the_table(tiny_model, sst2_dir, tmp_path):
-    base = TrainConfig(model=tiny_model, data_dir=sst2_dir, epochs=1, batch_size=16, max_seq_len=32,
-                       max_train_samples=48, calibration_samples=32, progress=False, plots=False,
-                       save_adapter=False)
-    result = run_compare(base, fractions=(0.25, 0.5), baselines=("random", "gradient"), output_dir=str(tmp_path))
-    variants = [row["variant"] for row in result.rows]
-    assert variants == ["all", "activation@25%", "activation@50%", "random@50%", "gradient@50%"]
-    assert result.rows[0]["layers"] == [0, 1, 2, 3] and result.rows[0]["delta_score"] == 0.0
-    assert [len(row["layers"]) for row in result.rows[1:]] == [1, 2, 2, 2]
-    assert result.rows[3]["layers"] == select_layers([0.0] * 4, fraction=0.5, strategy="random", seed=0)
-    full_lora = result.rows[0]["lora_parameters"]
-    assert result.rows[2]["lora_parameters"] == full_lora // 2
-    for row in result.rows[1:]:
-        assert row["delta_score"] == pytest.approx(row["score"] - result.rows[0]["score"])
-        assert row["delta_time_pct"] == pytest.approx(100 * (row["step_ms"] / result.rows[0]["step_ms"] - 1))
-    table = (tmp_path / "compare.md").read_text()
-    assert table.count("\n| ") == 1 + len(variants) and "Δ score" in table and "gradient@50%" in table
-    saved = json.loads((tmp_path / "compare.json").read_text())
-    assert [row["variant"] for row in saved["rows"]] == variants
-    assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    average = summarize([result, result])
-    assert [row["score"] for row in average.rows] == pytest.approx([row["score"] for row in result.rows])
-    assert "GLUE average" in format_table(average.rows, title=average.task)
-
-
-def test_variant_configs_validate(tiny_model):
-    base = TrainConfig(model=tiny_model)
-    configs = variant_configs(base, fractions=(0.5,), baselines=("bottom", "last"), baseline_fraction=0.25)
-    assert [c.selection_label for c in configs] == ["all", "activation@50%", "bottom@25%", "last@25%"]
-    with pytest.raises(ValueError, match="unknown baseline"):
-        variant_configs(base, baselines=("middle",))
-    with pytest.raises(ValueError, match="fractions must be in"):
-        variant_configs(base, fractions=(0.0,))
+# compare's tests (seeds, baselines, statistics, timing phase) live in tests/train/test_compare.py
 
 
 def test_length_grouped_batches_cover_every_example_once_in_random_order():
