@@ -4,6 +4,7 @@ Subcommands live in small modules, each exposing ``add_commands(subparsers)``; a
 handler as ``func`` (called with the parsed args, returning an exit code or None).
 """
 import argparse
+import logging
 import sys
 
 from . import bench, method, train
@@ -26,6 +27,9 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # the library reports progress through logging (act_lora_fast.*); on the command line it is shown
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("act_lora_fast").setLevel(logging.INFO)
     try:
         return args.func(args) or 0
     except (ValueError, TypeError, OSError, FloatingPointError) as err:

@@ -9,6 +9,7 @@ head-only training steps on the calibration batches), the paper's gradient-guide
 Kendall τ comes with a jackknife 95 % CI over rankings (pairs sharing a ranking are not independent).
 """
 import itertools
+import logging
 import math
 import os
 import random
@@ -23,6 +24,8 @@ from ..data.glue import get_task
 from ..model.hf import load_classifier, resolve_model_path
 from .calibration import load_examples, make_batches, sample_examples
 from .profiling import HEAD_WARMUP_LR, profile_activations, profile_gradients
+
+logger = logging.getLogger(__name__)
 
 STUDY_HEAD_WARMUP_STEPS = 16
 
@@ -179,7 +182,7 @@ def stability_study(*, model=None, data_dir=None, tasks=None, seeds=10, samples=
             gradient_sample.append(gradient(net, batches, 0))
             gradient_head.append(gradient(net, fixed_batches, seed))
             if progress:
-                print(f"  {task} seed {seed}: done ({time.perf_counter() - started:.0f}s)", flush=True)
+                logger.info(f"  {task} seed {seed}: done ({time.perf_counter() - started:.0f}s)")
         cross = [ranking_agreement(a, g, k=k) for a, g in zip(activation, gradient_sample)]
         results[task] = {
             "activation_scores": activation, "gradient_scores": gradient_sample,

@@ -15,6 +15,7 @@ GPU) and evaluates; `_Run.report` assembles ``report.json`` and the plots. The b
 """
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import random
@@ -43,6 +44,8 @@ from .config import TrainConfig, TrainResult
 from .evaluate import autocast, autocast_dtype, evaluate, to_device
 from .outputs import claim_output_dir
 from .plots import plot_run
+
+logger = logging.getLogger(__name__)
 
 
 def set_seed(seed):
@@ -267,8 +270,8 @@ class _Run:
                              "metrics": result["metrics"], "score": result["score"]})
         if ctx.is_main and config.progress:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-            print(f"epoch {epoch} step {self.step}: train loss {train_loss:.4f}, {shown}, "
-                  f"score {result['score']:.2f}")
+            logger.info(f"epoch {epoch} step {self.step}: train loss {train_loss:.4f}, {shown}, "
+                        f"score {result['score']:.2f}")
         if self.best is None or result["score"] > self.best["score"]:
             self.best = {"epoch": epoch, "step": self.step, **result}
             if self.adapter_dir and ctx.is_main:
