@@ -1,5 +1,6 @@
 # Compile every kernel for sm_90 down to cubin (no GPU needed): catches what only the real compiler rejects.
-import os, sys, time
+import os
+import time
 os.environ.pop('TRITON_INTERPRET', None)
 import triton
 from triton.backends.compiler import GPUTarget

@@ -1,5 +1,7 @@
 """Small models and batches the tests share: tiny random-weight Transformers of many architectures, token
 batches with padding, and the bundled pretrained MiniLM."""
+import os
+
 import pytest
 import torch
 import transformers
@@ -77,3 +79,29 @@ def tiny_bert(layers=3, seed=0, **config):
                   intermediate_size=40, max_position_embeddings=32, num_labels=2)
     values.update(config)
     return BertForSequenceClassification(BertConfig(**values))
+
+
+def write_tiny_bert(folder, layers=4, seed=0):
+    """A random 4-block BERT (hidden 32, no dropout) with MiniLM's tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def write_sst2_folder(root, n_train=96, n_dev=40, seed=0):
+    """Generated sentiment data in GLUE's SST-2 layout: <root>/SST-2/{train,dev}.tsv."""
+    from act_lora_fast.train.demo import synthetic_sentiment
+
+    data = synthetic_sentiment(n_train, n_dev, seed=seed)
+    os.makedirs(os.path.join(root, "SST-2"), exist_ok=True)
+    for name, rows in (("train", data.train), ("dev", data.eval["dev"])):
+        with open(os.path.join(root, "SST-2", f"{name}.tsv"), "w", encoding="utf-8") as handle:
+            handle.write("sentence\tlabel\n" + "".join(f"{e.text_a}\t{e.label}\n" for e in rows))
+    return str(root)

@@ -183,15 +183,12 @@ def _compare(args):
                     print(f"[{task}] seed {config.seed} {config.selection_label}: last-epoch score "
                           f"{report['history'][-1]['score']:.2f}, {report['wall_seconds']:.0f} s, layers "
                           f"{report['selected_layers']}", flush=True)
-            try:
-                result = run_compare(base, fractions=fractions, baselines=baselines,
-                                     baseline_fraction=args.baseline_fraction, seeds=args.seeds,
-                                     random_draws=args.random_draws, metric=args.metric,
-                                     gradient_warmup_steps=args.gradient_warmup_steps, timing=timing,
-                                     output_dir=output_dir, on_run=on_run, progress=not args.no_progress,
-                                     resume=args.resume)
-            except NotImplementedError as err:  # e.g. --metric update on a layer without the fused reduction
-                raise ValueError(str(err)) from None  # main reports it: exit 2, one line
+            result = run_compare(base, fractions=fractions, baselines=baselines,
+                                 baseline_fraction=args.baseline_fraction, seeds=args.seeds,
+                                 random_draws=args.random_draws, metric=args.metric,
+                                 gradient_warmup_steps=args.gradient_warmup_steps, timing=timing,
+                                 output_dir=output_dir, on_run=on_run, progress=not args.no_progress,
+                                 resume=args.resume)
             results.append(result)
             if _dist.is_main_process():
                 print("\n" + result.markdown() + "\n", flush=True)

@@ -15,7 +15,6 @@ fits (slope, intercept, R²) per placement, the bottom-1 / top-1 vs all-blocks r
 Configurations are measured interleaved by `harness`; `report` writes the JSON, tables and plots.
 """
 import dataclasses
-import math
 import time
 
 import numpy as np
@@ -27,7 +26,7 @@ from ..method.profiling import profile_activations
 from ..model.anatomy import find_blocks
 from ..model.hf import load_classifier
 from .cost import CostModel, default_calibration
-from .harness import (MEMORY_KEYS, TIME_KEYS, BenchSettings, Variant, check_batch, measure_variants,
+from .harness import (MEMORY_KEYS, TIME_KEYS, BenchSettings, Variant, measure_variants,
                       resolve_device, synthetic_batch)
 
 PLACEMENTS = ("top", "bottom", "ranked")

@@ -352,12 +352,6 @@ def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batche
 
 
 # ---------------------------------------------------------------------------------------------- update score
-def layer_has_update_stats():
-    """Whether the installed FastActLoRALinear reduces Σ_t ‖x_t‖·‖dy_t‖ in backward (``norm_stats()['sum_update']``)."""
-    probe = FastActLoRALinear(nn.Linear(2, 2), r=0, probe=True)
-    return "sum_update" in probe.norm_stats()
-
-
 def _block_input_needs_grad(module, args, kwargs):
     """Make the lowest block's hidden-state input require grad, so backward runs through every block."""
     if args and isinstance(args[0], torch.Tensor):
@@ -378,12 +372,7 @@ def profile_updates(model, batches, *, seed=0, target_modules=None, max_batches=
     is the model's own (labels needed), with the task head drawn from `seed` and optionally warmed up first,
     as in `profile_gradients`. A block's score is the mean over its modules. The model is restored exactly.
 
-    Raises NotImplementedError when the installed layer does not provide ``sum_update``.
     """
-    if not layer_has_update_stats():
-        raise NotImplementedError(
-            "metric='update' needs FastActLoRALinear.norm_stats()['sum_update'] (Σ‖x_t‖·‖dy_t‖ reduced in the "
-            "backward kernels); the installed act_lora_fast.layer does not provide it yet")
     model = _check_common(model, UPDATE_METRIC, max_batches, progress, (UPDATE_METRIC,))
     check_int("seed", seed)
     check_int("head_warmup_steps", head_warmup_steps, 0)

@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 from .._checks import check_lora_hyperparameters
-from .._io import atomic_write, umask_mode
+from .._io import umask_mode
 from ..layer import FastActLoRALinear
 from .anatomy import Conv1DAsLinear, find_blocks, is_linear_like, linear_shape, replace_module, unwrap_model
 from .inject import ActLoRAConfig, check_materialised, inject_modules, lora_modules, match_modules_to_save

@@ -7,12 +7,11 @@ GPT-2's ``Conv1D`` (a linear with a transposed weight) is handled, not refused: 
 on it stores ``lora_A`` (r × in) and ``lora_B`` (out × r) exactly as PEFT does with ``fan_in_fan_out=True``.
 """
 import dataclasses
-import re
 
 from torch import nn
 
 from ..layer import FastActLoRALinear
-from .targets import ALL_LINEAR, check_target_modules, matches_target
+from .targets import check_target_modules, matches_target
 
 try:
     from transformers.pytorch_utils import Conv1D

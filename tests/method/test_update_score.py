@@ -5,16 +5,11 @@ import torch
 from torch import nn
 
 from act_lora_fast.method.batches import align_mask
-from act_lora_fast.method.profiling import (_seeded_head, layer_has_update_stats, profile_activations,
-                                            profile_gradients, profile_updates)
+from act_lora_fast.method.profiling import _seeded_head, profile_activations, profile_gradients, profile_updates
 from act_lora_fast.model.anatomy import find_blocks, target_linears
 from tests.models import tiny_model, token_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-needs_update_stats = pytest.mark.skipif(not layer_has_update_stats(),
-                                        reason="the installed FastActLoRALinear has no norm_stats()['sum_update']")
-
 
 def reference_update_scores(model, batches, seed):
     """Per module (1/T) Σ_t ‖x_t‖·‖dy_t‖ over real tokens, from forward hooks (x) and tensor hooks (dy)."""
@@ -53,7 +48,6 @@ def reference_update_scores(model, batches, seed):
     return {n: float(sums[n] / counts[n]) for n in modules}
 
 
-@needs_update_stats
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_update_score_matches_float64_reference(kind):
     model = tiny_model(kind).double()
@@ -70,14 +64,6 @@ def test_update_score_matches_float64_reference(kind):
         assert torch.equal(value, before[name]), name
     assert profile_activations(model, batches, metric="update", progress=False).scores == \
         pytest.approx(profile_updates(model, batches, progress=False).scores)
-
-
-def test_update_score_says_clearly_when_the_layer_lacks_it(monkeypatch):
-    from act_lora_fast.method import profiling
-
-    monkeypatch.setattr(profiling, "layer_has_update_stats", lambda: False)
-    with pytest.raises(NotImplementedError, match="sum_update"):
-        profile_updates(tiny_model("bert"), [token_batch()], progress=False)
 
 
 def test_gradient_head_warm_up_changes_the_scores_and_restores_the_model():

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from act_lora_fast.cli.main import main as cli_main
-from tests.train.test_train import tiny_model, sst2_dir  # noqa: F401  (module-scoped fixtures)
 
 QUICK = ["--epochs", "1", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-seq-len", "16",
          "--batch-size", "16", "--no-progress", "--no-plots"]

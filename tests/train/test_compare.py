@@ -12,21 +12,11 @@ from act_lora_fast.method.selection import select_layers
 from act_lora_fast.train.compare import (RANDOM_STREAM, VariantSpec, best_within_budget, format_table, run_compare,
                                          summarize, variant_specs)
 from act_lora_fast.train.config import TrainConfig
-from tests.train.test_train import write_sst2_folder, write_tiny_bert
+from tests.models import minilm_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 VARIANT_KEYS = {"name", "layers", "scores", "mean", "std", "ci95", "step_ms", "peak_memory_mib", "lora_parameters"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def sst2_dir(tmp_path_factory):
-    return write_sst2_folder(tmp_path_factory.mktemp("glue"), n_train=64, n_dev=32)
 
 
 def _base(model, data_dir, **overrides):
@@ -205,9 +195,8 @@ def write_tiny_llama(folder, tokenizer_source, layers=2):
 
 
 def test_a_decoder_goes_through_compare(tmp_path, sst2_dir):
-    from tests.train.test_train import MINILM
 
-    model = write_tiny_llama(tmp_path / "llama", MINILM)
+    model = write_tiny_llama(tmp_path / "llama", minilm_path())
     result = run_compare(_base(model, sst2_dir, max_train_samples=32, calibration_samples=16), fractions=(0.5,),
                          baselines=("gradient", "last"), seeds=2, gradient_warmup_steps=1,
                          timing=__import__("act_lora_fast.measure.timing", fromlist=["x"]).TimingSettings(
@@ -218,16 +207,12 @@ def test_a_decoder_goes_through_compare(tmp_path, sst2_dir):
     assert all(len(v["scores"]) == 2 for v in result.variants)
 
 
-def test_update_metric_is_offered_and_fails_clearly_without_the_layer_api(tiny_model, sst2_dir, tmp_path,
-                                                                          monkeypatch, capsys):
-    from act_lora_fast.method import profiling
-
-    monkeypatch.setattr(profiling, "layer_has_update_stats", lambda: False)
+def test_compare_offers_the_update_metric(tiny_model, sst2_dir, tmp_path):
     assert cli_main(["compare", "--model", tiny_model, "--task", "sst2", "--data-dir", sst2_dir, "--metric", "update",
-                  "--fractions", "0.5", "--baselines", "", "--max-train-samples", "32", "--no-progress",
-                  "--output-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "sum_update" in err and len(err.splitlines()) == 1
+                     "--fractions", "0.5", "--baselines", "", "--max-train-samples", "32", "--no-progress",
+                     "--no-timing", "--epochs", "1", "--output-dir", str(tmp_path)]) == 0
+    variants = json.loads((tmp_path / "compare.json").read_text())["variants"]
+    assert [v["name"] for v in variants] == ["all", "activation@50%"]
 
 
 def test_train_takes_the_activation_metric_and_the_gradient_warm_up(tiny_model, sst2_dir):

