@@ -580,7 +580,8 @@ def format_table(rows, title=None):
         margins = [m for m in (margin or []) if m is not None]
         lines.append(
             f"| {row['variant']} | {shown} | {score} | {_fmt(row['delta_score'], '+.2f')} | "
-            f"{_ci(row.get('delta_ci95'), '+.2f')} | {_fmt(row.get('p_value'), '.3f')} | "
+            f"{_ci(row.get('delta_ci95') if row.get('n', 1) > 1 else None, '+.2f')} | "
+            f"{_fmt(row.get('p_value'), '.3f')} | "
             f"{_fmt(row['step_ms'], '.1f')} | {_fmt(row['delta_time_pct'], '+.1f')} | "
             f"{_fmt(row['peak_memory_bytes'] / 2**20 if row['peak_memory_bytes'] is not None else None, '.1f')} | "
             f"{row['lora_parameters']:,} | {_fmt(row.get('device_hours'), '.4f')} | "
