@@ -274,6 +274,17 @@ def _loss(output):
     return loss
 
 
+def _loss_profile_targets(model, seed, head_warmup_steps, head_warmup_lr, target_modules, blocks):
+    """The checks and the (blocks, targets) shared by the profiles that run the model's loss backward."""
+    check_int("seed", seed)
+    check_int("head_warmup_steps", head_warmup_steps, 0)
+    check_positive("head_warmup_lr", head_warmup_lr)
+    stack = find_blocks(model, blocks)
+    targets = target_linears(model, target_modules, stack.path)
+    _check_block_targets(targets)
+    return stack, targets
+
+
 def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batches=None, progress=True,
                       blocks=None, head_warmup_steps=0, head_warmup_lr=HEAD_WARMUP_LR):
     """The gradient-guided baseline: score blocks by the norm of the loss gradient w.r.t. their weights.
@@ -294,12 +305,7 @@ def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batche
     before, and no ``.grad`` is touched.
     """
     model = _check_common(model, GRADIENT_METRIC, max_batches, progress, (GRADIENT_METRIC,))
-    check_int("seed", seed)
-    check_int("head_warmup_steps", head_warmup_steps, 0)
-    check_positive("head_warmup_lr", head_warmup_lr)
-    stack = find_blocks(model, blocks)
-    targets = target_linears(model, target_modules, stack.path)
-    _check_block_targets(targets)
+    stack, targets = _loss_profile_targets(model, seed, head_warmup_steps, head_warmup_lr, target_modules, blocks)
     names = [name for i in range(len(stack)) for name in targets[i]]
     weights = [_target_weight(targets[i][name]) for i in range(len(stack)) for name in targets[i]]
     block_of = [i for i in range(len(stack)) for _ in targets[i]]
@@ -374,12 +380,7 @@ def profile_updates(model, batches, *, seed=0, target_modules=None, max_batches=
 
     """
     model = _check_common(model, UPDATE_METRIC, max_batches, progress, (UPDATE_METRIC,))
-    check_int("seed", seed)
-    check_int("head_warmup_steps", head_warmup_steps, 0)
-    check_positive("head_warmup_lr", head_warmup_lr)
-    stack = find_blocks(model, blocks)
-    targets = target_linears(model, target_modules, stack.path)
-    _check_block_targets(targets)
+    stack, targets = _loss_profile_targets(model, seed, head_warmup_steps, head_warmup_lr, target_modules, blocks)
     if "labels" not in inspect.signature(model.forward).parameters:
         raise ValueError(f"{type(model).__name__}.forward takes no labels: the update score needs a model "
                          "with a task head (e.g. AutoModelForSequenceClassification)")
