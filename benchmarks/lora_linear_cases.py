@@ -50,3 +50,14 @@ def make_peft(T, k_in, n_out, r, device="cpu", dtype=torch.float32, dropout=0.0)
     layer.to(device=device, dtype=dtype)
     nn.init.normal_(layer.lora_B["default"].weight, std=0.02)
     return _step(layer, x, dy)
+
+
+def synchronised(fn):
+    """`fn` followed by a CUDA sync when it runs on the GPU (pytest-benchmark times the call), else `fn`."""
+    if not torch.cuda.is_available():
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+    return run

@@ -10,7 +10,7 @@ For ratios measured interleaved in one process, use `python benchmarks/lora_line
 import pytest
 import torch
 
-from lora_linear_cases import GPU_SHAPES, SHAPES, make_floor, make_ours, make_peft
+from lora_linear_cases import GPU_SHAPES, SHAPES, make_floor, make_ours, make_peft, synchronised
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
@@ -25,22 +25,12 @@ if DEVICE == "cuda":
     CONTENDERS["ours[torch]"] = lambda *shape, **kw: make_ours(*shape, backend="torch", **kw)
 
 
-def _synchronised(fn):
-    if DEVICE != "cuda":
-        return fn
-
-    def run():
-        fn()
-        torch.cuda.synchronize()
-    return run
-
-
 @pytest.mark.parametrize("contender", list(CONTENDERS))
 @pytest.mark.parametrize("shape", GPU_SHAPES if DEVICE == "cuda" else SHAPES, ids=lambda s: "T{}-in{}-out{}-r{}".format(*s))
 def test_lora_linear_fwd_bwd(benchmark, shape, contender):
     if contender == "peft":
         pytest.importorskip("peft")
     benchmark.group = "lora_linear {} {} T{}-in{}-out{}-r{}".format(DEVICE, str(DTYPE)[6:], *shape)
-    step = _synchronised(CONTENDERS[contender](*shape, device=DEVICE, dtype=DTYPE))
+    step = synchronised(CONTENDERS[contender](*shape, device=DEVICE, dtype=DTYPE))
     rounds = 20 if DEVICE == "cuda" else (3 if shape[1] >= 4096 else 7)
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)

@@ -16,22 +16,12 @@ from act_lora_fast.model.peft_layer import FusedLoraLinear, peft_patched  # noqa
 from act_lora_fast.measure.harness import (BenchSettings, Variant, build_variant,  # noqa: E402
                                           measure_training_steps, resolve_device, synthetic_batch)
 from act_lora_fast.model.hf import load_classifier  # noqa: E402
-from lora_linear_cases import GPU_SHAPES, SHAPES, make_ours, make_peft  # noqa: E402
+from lora_linear_cases import GPU_SHAPES, SHAPES, make_ours, make_peft, synchronised  # noqa: E402
 from peft_patch_ratios import make_peft_patched  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 LINEAR = {"ours": make_ours, "peft": make_peft, "peft+patch": make_peft_patched}
-
-
-def _synchronised(fn):
-    if DEVICE != "cuda":
-        return fn
-
-    def run():
-        fn()
-        torch.cuda.synchronize()
-    return run
 
 
 @pytest.mark.parametrize("contender", list(LINEAR))
@@ -41,7 +31,7 @@ def _synchronised(fn):
 def test_peft_patch_lora_linear(benchmark, shape, dropout, contender):
     benchmark.group = "peft patch linear {} {} T{}-in{}-out{}-r{} p{}".format(DEVICE, str(DTYPE)[6:], *shape,
                                                                               dropout)
-    step = _synchronised(LINEAR[contender](*shape, device=DEVICE, dtype=DTYPE, dropout=dropout))
+    step = synchronised(LINEAR[contender](*shape, device=DEVICE, dtype=DTYPE, dropout=dropout))
     rounds = 20 if DEVICE == "cuda" else (3 if shape[1] >= 4096 else 7)
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=2)
 
