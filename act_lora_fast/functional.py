@@ -234,7 +234,8 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
     All tensors must already share one dtype and device (the module casts under autocast); bad shapes, dtypes
     or devices raise a TypeError / ValueError naming the problem, whatever the backend.
     """
-    check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p)
+    if not _inputs_ok(x, weight, bias, lora_A, lora_B, dropout_p):
+        check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p)  # raises, naming the problem
     if update_sink is not None or token_mask is not None:
         _check_update_args(x, update_sink, token_mask)
     two_d = x.dim() == 2
@@ -244,7 +245,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
     device = x.device
     if backend == "torch" or (backend == "auto" and device.type == "cpu" and BACKEND_ENV_VAR not in os.environ):
         backend = "torch"  # the common cases, on every call: nothing further to check
-    else:
+    elif not (backend == "triton" and x.is_cuda and _triton_importable()):
         backend = resolve_backend(backend, device, dtype=x.dtype,
                                   shape=(x2d.shape[0], weight.shape[1], weight.shape[0],
                                          0 if probe else lora_A.shape[0]))
@@ -260,12 +261,13 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
             y, rowsq, _, _ = fused_forward(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
                                            compute_rowsq)
     elif backend == "triton":
-        autograd = _triton_autograd()
+        autograd = _triton_autograd()  # the Functions below trust the checks above
         if probe:
-            y, rowsq = autograd.triton_probe_linear(x2d, weight, bias, update_sink=update_sink, token_mask=flat_mask)
+            y, rowsq = autograd.triton_probe_function(x2d, weight, bias, update_sink, flat_mask)
         else:
-            out = autograd.triton_lora_function(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
-                                                compute_rowsq, update_sink, flat_mask)
+            args = (x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq)
+            out = autograd.triton_lora_function(*args, update_sink, flat_mask) if update_sink is not None else \
+                autograd.triton_lora_function(*args)
             y, rowsq = out if compute_rowsq else (out, None)
     else:  # reference
         keep = None

@@ -105,8 +105,6 @@ class FastActLoRALinear(nn.Module):
     def forward(self, x):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
         # Parameters straight from the modules' dicts (each nn.Module.__getattr__ hop costs ~0.6 µs per call);
         # a parametrized weight (not in _parameters) falls back to the attribute.
         modules = self._modules
@@ -131,11 +129,13 @@ class FastActLoRALinear(nn.Module):
                 lora_A, lora_B = self.lora_A.weight, self.lora_B.weight
         device_type = "cpu" if x.is_cpu else ("cuda" if x.is_cuda else x.device.type)  # no torch.device built
         autocast_on = torch.is_autocast_enabled(device_type)
+        if (autocast_on or x.dtype is not weight.dtype) and not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got dtype {x.dtype}")
         if autocast_on:
             dtype = torch.get_autocast_dtype(device_type)
             x, weight, bias, lora_A, lora_B = (t if t is None else t.to(dtype)
                                                for t in (x, weight, bias, lora_A, lora_B))
-        elif x.dtype != weight.dtype:
+        elif x.dtype is not weight.dtype:
             raise TypeError(f"input dtype {x.dtype} differs from the weight's {weight.dtype}; cast the input "
                             "or run under torch.autocast")
 

@@ -1,6 +1,6 @@
 """Python (host) time of one forward + backward of FastActLoRALinear on the Triton path, kernels stubbed.
 
-    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000] [--baseline REF]
+    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000 --block 1] [--baseline REF]
 
 Runs on the CPU: TRITON_INTERPRET=1 lets the host code accept CPU tensors, and every @triton.jit kernel of
 ours is replaced by a stub whose launch does nothing, so what is timed is our wrappers, checks, allocations and
@@ -9,6 +9,9 @@ torch backend and a plain nn.Linear, interleaved in one process; medians of per-
 With ``--baseline REF`` (a git commit of this repository) the package as of REF is imported too (a renamed
 copy from ``git archive``) and its Triton and torch paths join the interleaved rounds: before/after in one
 process, under the same load.
+``--block N`` runs N consecutive steps of a variant per turn (default 1: the variants alternate every step, so
+each step finds the caches and CPython's specialised bytecode as the other variants left them; with N = 100
+each variant mostly runs warm, as the same layer type does when a model applies it block after block).
 """
 import argparse
 import importlib
@@ -79,6 +82,7 @@ def main():
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--block", type=int, default=1, help="consecutive steps of one variant per turn")
     parser.add_argument("--baseline", metavar="REF", help="also time the package as of this git commit")
     parser.add_argument("--accumulate-grads", action="store_true",
                         help="keep the gradients between steps (each backward then adds into x.grad, A.grad and "
@@ -101,12 +105,17 @@ def main():
     x = torch.randn(args.tokens, args.features, requires_grad=True)
     dy = torch.randn(args.tokens, args.features)
     times = {name: [] for name in variants}
-    for i in range(args.iters + 200):  # interleaved; the first 200 rounds are warm-up
+    if args.block < 1:
+        parser.error("--block must be >= 1")
+    turns = -(-args.iters // args.block)
+    warm_up = -(-200 // args.block)
+    for i in range(turns + warm_up):  # interleaved; the first ~200 steps of each variant are warm-up
         for name, module in variants.items():
-            seconds = step_seconds(module, x, dy, args.accumulate_grads)
-            if i >= 200:
-                times[name].append(seconds)
-    print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} "
+            for _ in range(args.block):
+                seconds = step_seconds(module, x, dy, args.accumulate_grads)
+                if i >= warm_up:
+                    times[name].append(seconds)
+    print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} block={args.block} "
           f"grads {'accumulated' if args.accumulate_grads else 'set to None after each step'} "
           "(median µs per fwd+bwd)")
     for name, values in times.items():

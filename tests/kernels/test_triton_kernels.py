@@ -341,3 +341,22 @@ def test_backward_is_deterministic_and_matches_with_either_dy_pass(r):
     for name, got, want in zip(("dx", "dA", "dB"), first[:3], (dx_r, dA_r, dB_r)):
         assert rel_err(got, want) < FP32_RTOL, name
     assert rel_err(first.dy_rowsq, dy.double().cpu().square().sum(1)) < FP32_RTOL
+
+
+def test_device_guard_switches_only_to_another_gpu(monkeypatch):
+    """Launches go to the tensors' GPU; a context switch (a few µs) only when it is not the current one."""
+    class OnGpu:
+        is_cuda = True
+
+        def __init__(self, index):
+            self.index, self.device = index, f"cuda:{index}"
+
+        def get_device(self):
+            return self.index
+
+    switched = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: switched.append(device) or "switch")
+    assert utils.device_guard(OnGpu(0)) is utils._NO_GUARD
+    assert utils.device_guard(OnGpu(1)) == "switch" and switched == ["cuda:1"]
+    assert utils.device_guard(torch.zeros(1)) is utils._NO_GUARD and switched == ["cuda:1"]

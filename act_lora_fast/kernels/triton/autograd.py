@@ -1,6 +1,7 @@
 """torch.autograd glue for the Triton LoRA kernels.
 
-Both Functions return (y, rowsq) and take the update-score sink of `TorchFusedLoRA` (see torch_fused.py):
+Both Functions take inputs already checked (`act_lora_fast.functional.lora_linear` checks them; the helpers at
+the end run `check_forward_inputs` first). They return (y, rowsq) and take the update-score sink of `TorchFusedLoRA` (see torch_fused.py):
 `update_sink` (float64 (2,), requiring grad) receives [Σ_t w_t·‖x_t‖·‖dy_t‖, Σ_t w_t] as its gradient, from the
 forward's Σx² and the Σdy² that the backward's pass over whole rows of dy reduces on the way.
 A frozen base weight or bias that a caller has made trainable gets dW = dyᵀ·x and db = Σ_t dy from cuBLAS.
@@ -9,7 +10,7 @@ import torch
 
 from ..torch_fused import base_grads, update_sums
 from .backward import lora_backward
-from .forward import lora_forward
+from .forward import check_forward_inputs, lora_forward
 
 
 def _rowsq_out(rowsq, x2d):
@@ -24,28 +25,31 @@ class TritonLoRAFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         wants_update = update_sink is not None and needs[9]
         y, xa, rowsq = lora_forward(x2d, weight=weight, bias=bias, lora_A=lora_A, lora_B=lora_B, scaling=scaling,
-                                    dropout_p=dropout_p, seed=seed, compute_rowsq=compute_rowsq or wants_update)
+                                    dropout_p=dropout_p, seed=seed, compute_rowsq=compute_rowsq or wants_update,
+                                    checked=True)
         # x is only re-read for dA (and dW); xa is kept (fp32, T x r) rather than recomputed for dB.
         needs_x = needs[3] or needs[1]
         if wants_update:
             ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa, rowsq, token_mask)
         else:
             ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa)
-        ctx.scaling, ctx.dropout_p, ctx.seed = float(scaling), float(dropout_p), int(seed)
-        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
-        ctx.set_materialize_grads(False)
+        ctx.scaling, ctx.dropout_p, ctx.seed = scaling, dropout_p, seed
         if not compute_rowsq:  # y alone: no placeholder output to allocate and mark
             return y
+        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
 
     @staticmethod
     def backward(ctx, dy, _drowsq=None):
-        if dy is None:  # y did not reach the loss
+        if dy is None:  # y did not reach the loss (only rowsq did)
             return (None,) * 11
         saved = ctx.saved_tensors
-        x2d, weight, lora_A, lora_B, xa = saved[:5]
-        x_rowsq, token_mask = saved[5:] if len(saved) == 7 else (None, None)
+        if len(saved) == 5:
+            (x2d, weight, lora_A, lora_B, xa), x_rowsq, token_mask = saved, None, None
+        else:
+            x2d, weight, lora_A, lora_B, xa, x_rowsq, token_mask = saved
         needs = ctx.needs_input_grad
         grads = lora_backward(dy, weight=weight, x=x2d, lora_A=lora_A, lora_B=lora_B, xa=xa, scaling=ctx.scaling,
                               dropout_p=ctx.dropout_p, seed=ctx.seed, needs_dx=needs[0],
@@ -62,7 +66,7 @@ class TritonProbeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, update_sink=None, token_mask=None):
         wants_update = update_sink is not None and ctx.needs_input_grad[3]
-        y, _, rowsq = lora_forward(x2d, weight=weight, bias=bias, compute_rowsq=True)
+        y, _, rowsq = lora_forward(x2d, weight=weight, bias=bias, compute_rowsq=True, checked=True)
         ctx.mark_non_differentiable(rowsq)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x2d if ctx.needs_input_grad[1] else None, weight, rowsq if wants_update else None,
@@ -81,13 +85,15 @@ class TritonProbeFunction(torch.autograd.Function):
         return grads.dx, d_weight, d_bias, update, None
 
 
-triton_lora_function = TritonLoRAFunction.apply
+triton_lora_function = TritonLoRAFunction.apply  # update_sink and token_mask may be left out
+triton_probe_function = TritonProbeFunction.apply
 
 
 def triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed=0, compute_rowsq=True,
                        update_sink=None, token_mask=None):
-    """Returns (y, rowsq); rowsq is an empty tensor when compute_rowsq is False (lora_forward checks devices).
+    """Returns (y, rowsq); rowsq is an empty tensor when compute_rowsq is False.
     `TritonLoRAFunction.apply` itself returns y alone when compute_rowsq is False."""
+    check_forward_inputs(x2d, weight, bias, lora_A, lora_B, dropout_p)
     out = TritonLoRAFunction.apply(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq,
                                    update_sink, token_mask)
     return out if compute_rowsq else (out, _rowsq_out(None, x2d))
@@ -95,4 +101,5 @@ def triton_lora_linear(x2d, weight, bias, lora_A, lora_B, scaling, *, dropout_p=
 
 def triton_probe_linear(x2d, weight, bias=None, *, update_sink=None, token_mask=None):
     """Returns (y, rowsq) for y = x @ W^T + b with rowsq = sum_k x^2 computed in the same GEMM."""
+    check_forward_inputs(x2d, weight, bias)
     return TritonProbeFunction.apply(x2d, weight, bias, update_sink, token_mask)

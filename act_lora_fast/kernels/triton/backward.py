@@ -24,7 +24,7 @@ from .utils import (
     cdiv,
     check_triton_device,
     device_guard,
-    f32_dot,
+    dot_path,
     gemm_block_r,
     grouped_pid,
     keep_mask,
@@ -35,7 +35,6 @@ from .utils import (
     rows_block,
     skinny_launch,
     to_dot,
-    use_interpreter_path,
 )
 
 # Tiles of the skinny (rank-r) reduction kernels; fixed, they are memory bound.
@@ -247,38 +246,31 @@ def _split_t(T: int, n_col_blocks: int, device) -> tuple:
     return cdiv(T, rows_per_split), rows_per_split
 
 
-def _partials(count, shape, device):
+def _partials(count, *shape, device):
     """A buffer for `count` fp32 partials of `shape`; with one partial (the common small case) the result's
     own shape, so the kernel writes the sum straight into it and nothing is summed or indexed afterwards."""
-    return torch.empty(shape if count == 1 else (count, *shape), dtype=torch.float32, device=device)
+    if count == 1:
+        return torch.empty(*shape, dtype=torch.float32, device=device)
+    return torch.empty(count, *shape, dtype=torch.float32, device=device)
 
 
-def _reduce_splits(part, dtype, ndim):
-    """Sum of the partials of `_partials` over their first dim in a fixed order (deterministic), in `dtype`."""
-    total = part.sum(dim=0) if part.dim() > ndim else part
-    return total if total.dtype == dtype else total.to(dtype)
-
-
-def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq, interp=None):
+def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq, interp):
     """dB (and, when asked, dy @ B and the row sums of dy^2) from one read of dy: see _dy_pass_kernel.
-    `interp`: use_interpreter_path(dy), when the caller knows it."""
+    Returns (dy @ B or None, dB in lora_B's dtype, row sums or None)."""
     T, N = dy.shape
     dev = dy.device
-    if interp is None:
-        interp = use_interpreter_path(dy)
     # Wide column blocks keep the (column blocks x T x r) partials of dy @ B small; the dB accumulator
     # (BLOCK_N x BLOCK_R fp32) bounds the width.
     block_n = 64 if interp else min(256, 8192 // BR)
     n_cb = cdiv(N, block_n)
     splits, rows_per_split = _split_t(T, n_cb, dev)
-    f32_out = torch.float32
-    dyb_part = _partials(n_cb, (T, R), dev) if with_rows else None
-    rowsq_part = _partials(n_cb, (T,), dev) if with_rowsq else None
-    db_part = _partials(splits, (N, R), dev)
+    db_part = _partials(splits, N, R, device=dev)
+    dyb_part = _partials(n_cb, T, R, device=dev) if with_rows else db_part  # db_part: flag off, never written
+    rowsq_part = _partials(n_cb, T, device=dev) if with_rowsq else db_part
     stride_dym, stride_dyn = dy.stride()
     stride_bn, stride_br = lora_B.stride()
     _dy_pass_kernel[(n_cb, splits)](
-        dy, lora_B, xa, dyb_part if with_rows else db_part, db_part, rowsq_part if with_rowsq else db_part,
+        dy, lora_B, xa, dyb_part, db_part, rowsq_part,
         T, N, R,
         stride_dym, stride_dyn, stride_bn, stride_br, rows_per_split,
         float(scaling),
@@ -286,9 +278,13 @@ def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq, inte
         BLOCK_M=RED_BLOCK_T // 2, BLOCK_N=block_n, BLOCK_R=BR,
         **({} if interp else dict(num_warps=8, num_stages=3)),
     )
-    dyb = _reduce_splits(dyb_part, f32_out, 2) if with_rows else None
-    rowsq = _reduce_splits(rowsq_part, f32_out, 1) if with_rowsq else None
-    return dyb, _reduce_splits(db_part, lora_B.dtype, 2), rowsq
+    # Partials are summed over their first dim in a fixed order (deterministic).
+    dB = db_part if splits == 1 else db_part.sum(0)
+    if dB.dtype != lora_B.dtype:
+        dB = dB.to(lora_B.dtype)
+    dyb = (dyb_part if n_cb == 1 else dyb_part.sum(0)) if with_rows else None
+    rowsq = (rowsq_part if n_cb == 1 else rowsq_part.sum(0)) if with_rowsq else None
+    return dyb, dB, rowsq
 
 
 class BackwardResult(NamedTuple):
@@ -320,7 +316,7 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
     K = weight.shape[1]
     R = lora_A.shape[0] if has_lora else 0
     dev = dy.device
-    dx = torch.empty((T, K), dtype=dy.dtype, device=dev) if needs_dx else None
+    dx = torch.empty(T, K, dtype=dy.dtype, device=dev) if needs_dx else None
     if T == 0 or N == 0 or K == 0:
         if dx is not None:
             dx.zero_()
@@ -328,8 +324,7 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
         dA = torch.zeros_like(lora_A) if needs_dA else None
         dB = torch.zeros_like(lora_B) if needs_dB else None
         return BackwardResult(dx, dA, dB, dy_rowsq)
-    f32 = f32_dot(dy)
-    interp = use_interpreter_path(dy)
+    interp, f32 = dot_path(dy)
     BR = block_r(R) if has_lora else 16
     launch_skinny = {} if interp else skinny_launch(dy, BR)
     has_dropout = has_lora and dropout_p > 0.0
@@ -341,7 +336,7 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
     # dy @ B and dB from one read of dy when the rank is small; at larger ranks the per-column-block partials
     # of dy @ B (T x r each) would cost more than the second read of dy they save.
     fused = needs_dB and (needs_rows or rowsq_in_pass) and BR <= 32
-    dy_rowsq = torch.empty((T,), dtype=torch.float32, device=dev) if rowsq_in_dx else None
+    dy_rowsq = torch.empty(T, dtype=torch.float32, device=dev) if rowsq_in_dx else None
     dyb = dA = dB = None
     stride_dym, stride_dyn = dy.stride()
     if has_lora:
@@ -352,8 +347,8 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
 
     with device_guard(dy):
         if (needs_rows or rowsq_in_pass) and not fused:
-            dyb = torch.empty((T, R), dtype=torch.float32, device=dev) if needs_rows else None
-            dy_rowsq = torch.empty((T,), dtype=torch.float32, device=dev) if rowsq_in_pass else dy_rowsq
+            dyb = torch.empty(T, R, dtype=torch.float32, device=dev) if needs_rows else None
+            dy_rowsq = torch.empty(T, dtype=torch.float32, device=dev) if rowsq_in_pass else dy_rowsq
             bm = rows_block(T, dev)
             _dy_rows_kernel[(cdiv(T, bm),)](
                 dy, lora_B if has_lora else dy, dyb if needs_rows else dy, dy_rowsq if rowsq_in_pass else dy,
@@ -396,12 +391,12 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
                 launch(DX_TUNER.pick(key, launch, F32_DOT=f32, HAS_DROPOUT=has_dropout, BLOCK_R=BR_gemm))
 
         if needs_dA:
-            f32_x = f32_dot(x)
-            fma_dots = f32_x and not use_interpreter_path(x)
+            f32_x = f32 if x.dtype is dy.dtype else dot_path(x)[1]  # x and dy share a device
+            fma_dots = f32_x and not interp
             block_k = RED_BLOCK_C // 2 if fma_dots and BR >= 128 else RED_BLOCK_C
             n_kb = cdiv(K, block_k)
             splits, rows_per_split = _split_t(T, n_kb, dev)
-            part = _partials(splits, (R, K), dev)
+            part = _partials(splits, R, K, device=dev)
             stride_xm, stride_xk = x.stride()
             _lora_dA_kernel[(n_kb, splits)](
                 dyb, x, part, T, K, R,
@@ -413,6 +408,8 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
                 BLOCK_M=RED_BLOCK_T // 2 if fma_dots else RED_BLOCK_T,
                 BLOCK_K=block_k, BLOCK_R=BR, **launch_skinny,
             )
-            dA = _reduce_splits(part, lora_A.dtype, 2)
+            dA = part if splits == 1 else part.sum(0)
+            if dA.dtype != lora_A.dtype:
+                dA = dA.to(lora_A.dtype)
 
     return BackwardResult(dx, dA, dB, dy_rowsq)

@@ -73,8 +73,11 @@ _NO_GUARD = contextlib.nullcontext()  # stateless: one instance serves every CPU
 
 
 def device_guard(t: torch.Tensor):
-    """Launch on the tensors' GPU, not on whichever one is current."""
-    return torch.cuda.device(t.device) if t.is_cuda else _NO_GUARD
+    """Launch on the tensors' GPU, not on whichever one is current (switching only when they differ: a
+    `torch.cuda.device` context costs a few µs per launch)."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return _NO_GUARD
 
 
 # Triton picks the interpreter when it decorates the kernels, i.e. when this package is imported.
@@ -202,10 +205,12 @@ INTERP_OPTIONS = launch_options(INTERP_GEMM)  # built once: the interpreter's la
 INTERPRETER_F32_DOTS = True
 
 
-def f32_dot(t: torch.Tensor) -> bool:
-    # The interpreter computes bf16 dots/arithmetic wrongly -> run everything in fp32 there;
-    # on the GPU fp32 inputs must also use IEEE dots to meet the 1e-4 accuracy target.
-    return t.dtype == torch.float32 or (INTERPRETER_F32_DOTS and use_interpreter_path(t))
+def dot_path(t: torch.Tensor) -> tuple:
+    """(interp, f32) for launches on `t`: the interpreter path (see `use_interpreter_path`), and fp32 dots.
+    The interpreter computes bf16 dots/arithmetic wrongly -> everything in fp32 there; on the GPU fp32
+    inputs must also use IEEE dots to meet the 1e-4 accuracy target."""
+    interp = KERNELS_INTERPRETED or not t.is_cuda
+    return interp, t.dtype is torch.float32 or (INTERPRETER_F32_DOTS and interp)
 
 
 @triton.jit
