@@ -262,7 +262,11 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
                                            compute_rowsq)
     elif backend == "triton":
         autograd = _triton_autograd()  # the Functions below trust the checks above
-        if probe:
+        if not torch.is_grad_enabled():  # no_grad / inference_mode: the kernels without autograd's bookkeeping
+            y, _, rowsq = autograd.lora_forward(x2d, weight=weight, bias=bias, lora_A=lora_A, lora_B=lora_B,
+                                                scaling=scaling, dropout_p=dropout_p, seed=seed,
+                                                compute_rowsq=compute_rowsq, checked=True)
+        elif probe:
             y, rowsq = autograd.triton_probe_function(x2d, weight, bias, update_sink, flat_mask)
         else:
             args = (x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq)

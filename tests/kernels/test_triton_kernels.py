@@ -360,3 +360,23 @@ def test_device_guard_switches_only_to_another_gpu(monkeypatch):
     assert utils.device_guard(OnGpu(0)) is utils._NO_GUARD
     assert utils.device_guard(OnGpu(1)) == "switch" and switched == ["cuda:1"]
     assert utils.device_guard(torch.zeros(1)) is utils._NO_GUARD and switched == ["cuda:1"]
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["lora", "probe"])
+@pytest.mark.parametrize("no_grad_mode", [torch.no_grad, torch.inference_mode])
+def test_forward_without_autograd_matches(probe, no_grad_mode):
+    """Under no_grad / inference_mode lora_linear launches the kernels without an autograd Function: the
+    same y and Σx² bit for bit, nothing to backprop."""
+    from act_lora_fast.functional import lora_linear
+
+    x, W, b, A, B, _ = make_inputs(3 * 41, 100, 70, 0 if probe else 8, torch.float32, True, seed=5)
+    x = x.reshape(3, 41, 100)
+    if not probe:
+        A.requires_grad_()
+    with no_grad_mode():
+        y_fast, rowsq_fast = lora_linear(x, W, b, A, B, SCALING, backend="triton", compute_rowsq=True)
+    x.requires_grad_()
+    y, rowsq = lora_linear(x, W, b, A, B, SCALING, backend="triton", compute_rowsq=True)
+    assert y.requires_grad and not y_fast.requires_grad
+    assert y_fast.shape == y.shape and rowsq_fast.shape == rowsq.shape == x.shape[:-1]
+    assert torch.equal(y_fast, y.detach()) and torch.equal(rowsq_fast, rowsq)

@@ -302,16 +302,16 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
     `x` is only read for dA and `xa` (fp32, from lora_forward) only for dB; lora_A/lora_B None -> probe mode,
     dx = dy @ W. `compute_dy_rowsq` also returns each row's sum of squares of dy, from a pass already made.
     `checked`: the tensors come from a forward that `lora_forward` checked (autograd's backward), so the device
-    check is skipped."""
+    and argument checks are skipped."""
     has_lora = lora_A is not None
+    needs_dA = needs_dA and has_lora
+    needs_dB = needs_dB and has_lora
     if not checked:
         check_triton_device(dy, x, weight, lora_A, lora_B, xa, kernel=_lora_dx_kernel)
-    needs_dA = bool(needs_dA and has_lora)
-    needs_dB = bool(needs_dB and has_lora)
-    if needs_dA and x is None:
-        raise ValueError("x is required for dA")
-    if needs_dB and xa is None:
-        raise ValueError("xa (from lora_forward) is required for dB")
+        if needs_dA and x is None:
+            raise ValueError("x is required for dA")
+        if needs_dB and xa is None:
+            raise ValueError("xa (from lora_forward) is required for dB")
     T, N = dy.shape
     K = weight.shape[1]
     R = lora_A.shape[0] if has_lora else 0
