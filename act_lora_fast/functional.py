@@ -7,7 +7,8 @@ Backends:
 - ``auto`` (default): the ``ACT_LORA_BACKEND`` environment variable if set; else ``torch`` on CPU; on CUDA,
   the backend that a measured table (``ACT_LORA_BACKEND_TABLE``, see `pick_from_table`) names for the nearest
   shape of the same dtype, and ``triton`` when there is no table or no entry for the dtype (``torch`` when
-  Triton is not installed).
+  Triton is not installed). A process reads each table file once (a rewritten table takes effect in the next
+  process).
 """
 import functools
 import json
@@ -87,12 +88,17 @@ def pick_from_table(entries, dtype, tokens, k_in, n_out, r):
     return min(same)[1] if same else None
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every CUDA call with backend='auto': no file stat per call
+def _table_choice(path, dtype, shape):
+    return pick_from_table(load_backend_table(path), dtype, *shape) or "triton"
+
+
 def _auto_cuda(dtype, shape):
     if not _triton_importable():
         return "torch"
     path = os.environ.get(BACKEND_TABLE_ENV_VAR)
     if path and dtype is not None and shape is not None:
-        return pick_from_table(load_backend_table(path), dtype, *shape) or "triton"
+        return _table_choice(path, dtype, tuple(shape))
     return "triton"
 
 

@@ -90,6 +90,19 @@ def test_auto_on_cuda_picks_the_nearest_table_entry_of_the_same_dtype(tmp_path, 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
 
 
+def test_a_backend_table_is_read_once_per_process(tmp_path, monkeypatch):
+    """`auto` asks on every CUDA call: the answer for a (table, dtype, shape) is kept, no file access per call."""
+    from act_lora_fast.functional import BACKEND_TABLE_ENV_VAR, resolve_backend
+
+    entries = [dict(dtype="bfloat16", tokens=512, **{"in": 768, "out": 768}, r=8, best="torch")]
+    path = _write_table(tmp_path / "table.json", entries=entries)
+    monkeypatch.setenv(BACKEND_TABLE_ENV_VAR, str(path))
+    cuda, shape = torch.device("cuda"), (512, 768, 768, 8)
+    assert resolve_backend("auto", cuda, dtype=torch.bfloat16, shape=shape) == "torch"
+    path.unlink()
+    assert resolve_backend("auto", cuda, dtype=torch.bfloat16, shape=shape) == "torch"
+
+
 @pytest.mark.parametrize("overrides, words", [
     (dict(format="something/2"), "'format' must be"),
     (dict(entries={"a": 1}), "'entries' must be a list"),

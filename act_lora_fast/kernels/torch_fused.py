@@ -172,16 +172,16 @@ class TorchFusedLoRA(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[3] or ctx.needs_input_grad[1]
         ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa_t,
                               rowsq if wants_update else None, token_mask if wants_update else None)
-        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
-        ctx.set_materialize_grads(False)
         if not compute_rowsq:  # y alone: no placeholder output to allocate and mark
             return y
+        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(rowsq)
         return y, rowsq
 
     @staticmethod
     def backward(ctx, dy, _drowsq=None):
-        if dy is None:  # y did not reach the loss
+        if dy is None:  # y did not reach the loss (only rowsq did)
             return (None,) * 11
         x2d, weight, lora_A, lora_B, xa_t, x_rowsq, token_mask = ctx.saved_tensors
         d_weight, d_bias = base_grads(ctx, dy, x2d)
