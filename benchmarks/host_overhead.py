@@ -1,10 +1,14 @@
 """Python (host) time of one forward + backward of FastActLoRALinear on the Triton path, kernels stubbed.
 
-    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000 --block 1] [--baseline REF]
+    python benchmarks/host_overhead.py [--tokens 64 --features 64 --r 8 --iters 3000 --block 1]
+                                       [--path gpu|interpreter] [--baseline REF]
 
 Runs on the CPU: TRITON_INTERPRET=1 lets the host code accept CPU tensors, and every @triton.jit kernel of
 ours is replaced by a stub whose launch does nothing, so what is timed is our wrappers, checks, allocations and
-small torch ops (the real launches add Triton's own launch cost on a GPU). Beside it, the same module on the
+small torch ops (the real launches add Triton's own launch cost on a GPU). ``--path gpu`` (default) runs the
+host code that CUDA tensors take (tuned GEMM configs looked up per shape, GPU launch options; with
+ACT_LORA_TRITON_AUTOTUNE=0, since a stub cannot be benchmarked); ``--path interpreter`` the one CPU tensors
+take (fixed configs). Beside it, the same module on the
 torch backend and a plain nn.Linear, interleaved in one process; medians of per-iteration process time.
 With ``--baseline REF`` (a git commit of this repository) the package as of REF is imported too (a renamed
 copy from ``git archive``) and its Triton and torch paths join the interleaved rounds: before/after in one
@@ -28,7 +32,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from act_lora_fast.kernels.triton import backward, forward  # noqa: E402
+from act_lora_fast.kernels.triton import backward, forward, utils  # noqa: E402
 from act_lora_fast.layer import FastActLoRALinear  # noqa: E402
 
 
@@ -46,7 +50,20 @@ def stub_kernels(modules=(forward, backward)):
                 setattr(module, name, InterpretedFunction())
 
 
-def import_baseline(ref):
+def gpu_dot_path(t):
+    return False, t.dtype is torch.float32
+
+
+def force_gpu_path(modules):
+    """Make the host code take the branch CUDA tensors take (`dot_path`; `use_interpreter_path` in older trees)."""
+    for module in modules:
+        if hasattr(module, "dot_path"):
+            module.dot_path = gpu_dot_path
+        if hasattr(module, "use_interpreter_path"):
+            module.use_interpreter_path = lambda t: False
+
+
+def import_baseline(ref, path):
     """The package as of git `ref`, imported as `act_lora_fast_at_<ref>` (its imports are relative)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     folder = tempfile.mkdtemp(prefix="host_overhead_")
@@ -61,8 +78,10 @@ def import_baseline(ref):
     os.rename(os.path.join(folder, "act_lora_fast"), os.path.join(folder, name))
     sys.path.insert(0, folder)
     layer = importlib.import_module(name + ".layer")
-    stub_kernels([importlib.import_module(name + ".kernels.triton.forward"),
-                  importlib.import_module(name + ".kernels.triton.backward")])
+    kernels = [importlib.import_module(name + ".kernels.triton." + part) for part in ("forward", "backward", "utils")]
+    stub_kernels(kernels[:2])
+    if path == "gpu":
+        force_gpu_path(kernels)
     return layer.FastActLoRALinear
 
 
@@ -83,6 +102,8 @@ def main():
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3000)
     parser.add_argument("--block", type=int, default=1, help="consecutive steps of one variant per turn")
+    parser.add_argument("--path", choices=("gpu", "interpreter"), default="gpu",
+                        help="the host code of CUDA tensors (default) or of CPU tensors")
     parser.add_argument("--baseline", metavar="REF", help="also time the package as of this git commit")
     parser.add_argument("--accumulate-grads", action="store_true",
                         help="keep the gradients between steps (each backward then adds into x.grad, A.grad and "
@@ -91,6 +112,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     stub_kernels()
+    if args.path == "gpu":
+        os.environ["ACT_LORA_TRITON_AUTOTUNE"] = "0"
+        force_gpu_path([forward, backward, utils])
     torch.manual_seed(0)
     base = nn.Linear(args.features, args.features)
     variants = {
@@ -99,7 +123,7 @@ def main():
         "nn.Linear (x grad only)": nn.Linear(args.features, args.features).requires_grad_(False),
     }
     if args.baseline:
-        old_layer = import_baseline(args.baseline)
+        old_layer = import_baseline(args.baseline, args.path)
         variants[f"triton @ {args.baseline}"] = old_layer(base, r=args.r, backend="triton")
         variants[f"torch @ {args.baseline}"] = old_layer(base, r=args.r, backend="torch")
     x = torch.randn(args.tokens, args.features, requires_grad=True)
@@ -116,6 +140,7 @@ def main():
                 if i >= warm_up:
                     times[name].append(seconds)
     print(f"tokens={args.tokens} features={args.features} r={args.r} iters={args.iters} block={args.block} "
+          f"path={args.path} "
           f"grads {'accumulated' if args.accumulate_grads else 'set to None after each step'} "
           "(median µs per fwd+bwd)")
     for name, values in times.items():

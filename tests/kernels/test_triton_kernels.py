@@ -306,6 +306,22 @@ def test_tuner_benchmarks_once_per_m_bucket_and_pins_with_the_env_var(monkeypatc
     assert len(benched) == 2 * len(utils.GEMM_CONFIGS_16)
 
 
+def test_launch_kwargs_pick_once_per_key_and_carry_flags_and_config(monkeypatch):
+    """A repeated shape reuses the call's keyword arguments: no pick, no benchmark, no dict building."""
+    monkeypatch.setenv(utils.AUTOTUNE_ENV_VAR, "0")
+    tuner = utils.ConfigTuner(utils.GEMM_CONFIGS_16 + utils.GEMM_CONFIGS_32,
+                              lambda cs, *, F32_DOT: [c for c in cs if (c in utils.GEMM_CONFIGS_32) == F32_DOT])
+    picks = []
+    monkeypatch.setattr(tuner, "pick", lambda *a, **k: picks.append(k) or utils.ConfigTuner.pick(tuner, *a, **k))
+    launched = []
+    first = tuner.launch_kwargs(("k", 1), launched.append, {"HAS_LORA": True}, F32_DOT=True)
+    again = tuner.launch_kwargs(("k", 1), launched.append, {"HAS_LORA": True}, F32_DOT=True)
+    config = utils.GEMM_CONFIGS_32[0]
+    assert first is again and picks == [{"F32_DOT": True}] and not launched  # pinned: nothing benchmarked
+    assert first == {"HAS_LORA": True, **config.kwargs, "num_warps": config.num_warps,
+                     "num_stages": config.num_stages}
+
+
 def test_each_gemm_prunes_its_own_configs():
     """The rules that keep every surviving config free of spills in the sm_90 compile check."""
     from act_lora_fast.kernels.triton.backward import prune_dx_configs

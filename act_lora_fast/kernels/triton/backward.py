@@ -28,7 +28,6 @@ from .utils import (
     gemm_block_r,
     grouped_pid,
     keep_mask,
-    launch_options,
     m_bucket,
     mma,
     num_sms,
@@ -39,6 +38,7 @@ from .utils import (
 
 # Tiles of the skinny (rank-r) reduction kernels; fixed, they are memory bound.
 RED_BLOCK_T = 64
+DY_PASS_LAUNCH = dict(num_warps=8, num_stages=3)  # the dB accumulator is BLOCK_N x BLOCK_R fp32
 RED_BLOCK_C = 64
 
 
@@ -276,7 +276,7 @@ def _dy_pass(dy, lora_B, xa, *, R, BR, f32, scaling, with_rows, with_rowsq, inte
         float(scaling),
         HAS_DYB=with_rows, HAS_DB=True, DY_ROWSQ=with_rowsq, F32_DOT=f32,
         BLOCK_M=RED_BLOCK_T // 2, BLOCK_N=block_n, BLOCK_R=BR,
-        **({} if interp else dict(num_warps=8, num_stages=3)),
+        **({} if interp else DY_PASS_LAUNCH),
     )
     # Partials are summed over their first dim in a fixed order (deterministic).
     dB = db_part if splits == 1 else db_part.sum(0)
@@ -326,7 +326,7 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
         return BackwardResult(dx, dA, dB, dy_rowsq)
     interp, f32 = dot_path(dy)
     BR = block_r(R) if has_lora else 16
-    launch_skinny = {} if interp else skinny_launch(dy, BR)
+    launch_skinny = {} if interp else skinny_launch(BR)
     has_dropout = has_lora and dropout_p > 0.0
     drop_scale = 1.0 / (1.0 - dropout_p)
     # In probe mode with dx the dx GEMM reads whole rows of dy and reduces the norms; else a pass over dy does.
@@ -380,15 +380,15 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
                     *args, HAS_LORA=has_lora, HAS_DROPOUT=has_dropout, DY_ROWSQ=rowsq_in_dx, F32_DOT=f32,
                     BLOCK_R=BR_gemm, **INTERP_OPTIONS)
             else:
-                flags = dict(HAS_LORA=has_lora, HAS_DROPOUT=has_dropout, DY_ROWSQ=rowsq_in_dx, F32_DOT=f32,
-                             BLOCK_R=BR_gemm)
-
-                def launch(config):
-                    grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(K, config.kwargs["BLOCK_N"]),)
-                    _lora_dx_kernel[grid](*args, **flags, **launch_options(config))
+                def launch(kwargs):
+                    _lora_dx_kernel[(cdiv(T, kwargs["BLOCK_M"]) * cdiv(K, kwargs["BLOCK_N"]),)](*args, **kwargs)
 
                 key = (m_bucket(T), N, K, dy.dtype, has_lora, has_dropout, rowsq_in_dx, BR_gemm)
-                launch(DX_TUNER.pick(key, launch, F32_DOT=f32, HAS_DROPOUT=has_dropout, BLOCK_R=BR_gemm))
+                kwargs = DX_TUNER.launches.get(key) or DX_TUNER.launch_kwargs(
+                    key, launch, dict(HAS_LORA=has_lora, HAS_DROPOUT=has_dropout, DY_ROWSQ=rowsq_in_dx,
+                                      F32_DOT=f32, BLOCK_R=BR_gemm), F32_DOT=f32, HAS_DROPOUT=has_dropout,
+                    BLOCK_R=BR_gemm)
+                launch(kwargs)
 
         if needs_dA:
             f32_x = f32 if x.dtype is dy.dtype else dot_path(x)[1]  # x and dy share a device

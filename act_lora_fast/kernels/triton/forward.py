@@ -27,7 +27,6 @@ from .utils import (
     gemm_block_r,
     grouped_pid,
     keep_mask,
-    launch_options,
     m_bucket,
     mma,
     rows_block,
@@ -228,7 +227,7 @@ def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0,
                 float(dropout_p), 1.0 / (1.0 - dropout_p), int(seed),
                 COMPUTE_ROWSQ=compute_rowsq, HAS_DROPOUT=dropout_p > 0.0, F32_DOT=f32,
                 BLOCK_M=bm, BLOCK_K=64, BLOCK_R=BR,
-                **({} if interp else skinny_launch(x, BR)),
+                **({} if interp else skinny_launch(BR)),
             )
             stride_bn, stride_br = lora_B.stride()
         else:
@@ -250,13 +249,12 @@ def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0,
                 *args, HAS_LORA=has_lora, HAS_BIAS=bias is not None, ROWSQ=rowsq_in_gemm, F32_DOT=f32,
                 BLOCK_R=BR_gemm, **INTERP_OPTIONS)
         else:
-            flags = dict(HAS_LORA=has_lora, HAS_BIAS=bias is not None, ROWSQ=rowsq_in_gemm, F32_DOT=f32,
-                         BLOCK_R=BR_gemm)
-
-            def launch(config):
-                grid = (cdiv(T, config.kwargs["BLOCK_M"]) * cdiv(N, config.kwargs["BLOCK_N"]),)
-                _lora_fwd_kernel[grid](*args, **flags, **launch_options(config))
+            def launch(kwargs):
+                _lora_fwd_kernel[(cdiv(T, kwargs["BLOCK_M"]) * cdiv(N, kwargs["BLOCK_N"]),)](*args, **kwargs)
 
             key = (m_bucket(T), N, K, x.dtype, has_lora, bias is not None, rowsq_in_gemm, BR_gemm)
-            launch(FORWARD_TUNER.pick(key, launch, F32_DOT=f32, BLOCK_R=BR_gemm))
+            kwargs = FORWARD_TUNER.launches.get(key) or FORWARD_TUNER.launch_kwargs(
+                key, launch, dict(HAS_LORA=has_lora, HAS_BIAS=bias is not None, ROWSQ=rowsq_in_gemm, F32_DOT=f32,
+                                  BLOCK_R=BR_gemm), F32_DOT=f32, BLOCK_R=BR_gemm)
+            launch(kwargs)
     return ForwardResult(y, xa, rowsq)

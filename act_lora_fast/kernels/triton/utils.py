@@ -84,11 +84,6 @@ def device_guard(t: torch.Tensor):
 KERNELS_INTERPRETED = interpret_env()
 
 
-def use_interpreter_path(t: torch.Tensor) -> bool:
-    """Fixed small configs + fp32 dots: CPU tensors only ever run under the interpreter."""
-    return KERNELS_INTERPRETED or not t.is_cuda  # is_cuda: no torch.device object built per call
-
-
 @functools.lru_cache(maxsize=None)  # asked on every launch; a device's SM count does not change
 def num_sms(device) -> int:
     if torch.device(device).type == "cuda":
@@ -107,12 +102,13 @@ def next_power_of_2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length() if n > 0 else 0
 
 
-def skinny_launch(t: torch.Tensor, BR: int) -> dict:
-    """num_warps/num_stages for the rank-r (skinny) kernels; wide ranks get more warps so the
+_SKINNY_WIDE, _SKINNY_NARROW = dict(num_warps=8, num_stages=3), dict(num_warps=4, num_stages=3)
+
+
+def skinny_launch(BR: int) -> dict:
+    """num_warps/num_stages of the rank-r (skinny) kernels on the GPU; wide ranks get more warps so the
     (rows x BLOCK_R) fp32 accumulator plus the Philox state of a dropout tile stay in registers."""
-    if use_interpreter_path(t):
-        return {}
-    return dict(num_warps=8 if BR >= 64 else 4, num_stages=3)
+    return _SKINNY_WIDE if BR >= 64 else _SKINNY_NARROW
 
 
 @functools.lru_cache(maxsize=4096)  # pure, asked on every launch
@@ -164,7 +160,7 @@ def autotune_enabled() -> bool:
 
 def m_bucket(m: int) -> int:
     """Token counts share a tuning entry per power of two: a new sequence length does not re-benchmark."""
-    return next_power_of_2(max(int(m), 1))
+    return 1 << (m - 1).bit_length() if m > 1 else 1  # next_power_of_2 inlined: asked on every GEMM launch
 
 
 class ConfigTuner:
@@ -175,7 +171,7 @@ class ConfigTuner:
     """
 
     def __init__(self, configs, prune):
-        self.configs, self.prune, self.cache = configs, prune, {}
+        self.configs, self.prune, self.cache, self.launches = configs, prune, {}, {}
 
     def pick(self, key, launch, **flags) -> triton.Config:
         tuned = autotune_enabled()
@@ -193,6 +189,18 @@ class ConfigTuner:
         return config
 
 
+    def launch_kwargs(self, key, launch, flags, **prune_args) -> dict:
+        """The kernel call's keyword arguments for `key`: `flags` plus the meta-parameters and launch options of
+        the config `pick` chose, built once per key, so a repeated shape costs one lookup (the env var is read
+        when a key is first launched). `launch(kwargs)` runs the kernel once; `key` must determine `flags` and
+        `prune_args`."""
+        kwargs = self.launches.get(key)
+        if kwargs is None:
+            config = self.pick(key, lambda c: launch({**flags, **launch_options(c)}), **prune_args)
+            kwargs = self.launches[key] = {**flags, **launch_options(config)}
+        return kwargs
+
+
 def launch_options(config: triton.Config) -> dict:
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
@@ -206,10 +214,11 @@ INTERPRETER_F32_DOTS = True
 
 
 def dot_path(t: torch.Tensor) -> tuple:
-    """(interp, f32) for launches on `t`: the interpreter path (see `use_interpreter_path`), and fp32 dots.
-    The interpreter computes bf16 dots/arithmetic wrongly -> everything in fp32 there; on the GPU fp32
-    inputs must also use IEEE dots to meet the 1e-4 accuracy target."""
-    interp = KERNELS_INTERPRETED or not t.is_cuda
+    """(interp, f32) for launches on `t`. `interp`: the interpreter path, with fixed small configs (CPU tensors
+    only ever run under the interpreter). `f32`: fp32 dots. The interpreter computes bf16 dots/arithmetic
+    wrongly -> everything in fp32 there; on the GPU fp32 inputs must also use IEEE dots to meet the 1e-4
+    accuracy target."""
+    interp = KERNELS_INTERPRETED or not t.is_cuda  # is_cuda: no torch.device object built per call
     return interp, t.dtype is torch.float32 or (INTERPRETER_F32_DOTS and interp)
 
 
