@@ -275,9 +275,9 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
         elif probe:
             y, rowsq = autograd.triton_probe_function(x2d, weight, bias, update_sink, flat_mask)
         else:
-            args = (x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, compute_rowsq)
-            out = autograd.triton_lora_function(*args, update_sink, flat_mask) if update_sink is not None else \
-                autograd.triton_lora_function(*args)
+            update = (update_sink, flat_mask) if update_sink is not None else ()  # left out: two fewer inputs
+            out = autograd.triton_lora_function(x2d, weight, bias, lora_A, lora_B, scaling, dropout_p, seed,
+                                                compute_rowsq, *update)
             y, rowsq = out if compute_rowsq else (out, None)
     else:  # reference
         keep = None
