@@ -1,7 +1,8 @@
 """`lora_linear`: the one entry point that picks a backend and runs the fused LoRA op.
 
 Backends:
-- ``triton``: fused Triton kernels; CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` is set.
+- ``triton``: fused Triton kernels; CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before the
+  kernels were imported (Triton builds them for its interpreter then).
 - ``torch``: the fused PyTorch autograd.Function (the CPU path; on CUDA tensors its GEMMs are cuBLAS's).
 - ``reference``: the textbook unfused formula with plain autograd.
 - ``auto`` (default): the ``ACT_LORA_BACKEND`` environment variable if set; else ``torch`` on CPU; on CUDA,
@@ -14,6 +15,7 @@ import functools
 import json
 import math
 import os
+import sys
 
 import torch
 
@@ -120,12 +122,20 @@ def resolve_backend(backend, device, *, dtype=None, shape=None):
     if backend == "triton":
         if not _triton_importable():
             raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='torch'")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device.type != "cuda" and not _kernels_run_on_cpu():
             raise RuntimeError(
                 f"backend='triton' needs CUDA tensors, got tensors on {device.type}; set TRITON_INTERPRET=1 "
-                "to run the kernels in Triton's interpreter, or use backend='torch' on CPU"
+                "before importing act_lora_fast to run the kernels in Triton's interpreter, or use "
+                "backend='torch' on CPU"
             )
     return backend
+
+
+def _kernels_run_on_cpu():
+    """Whether the Triton kernels take CPU tensors: they were built for Triton's interpreter, which Triton
+    decides when it decorates them (on import, from TRITON_INTERPRET); not imported yet, the variable decides."""
+    utils = sys.modules.get(__package__ + ".kernels.triton.utils")
+    return utils.KERNELS_INTERPRETED if utils is not None else os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def new_dropout_seed():
@@ -251,7 +261,7 @@ def lora_linear(x, weight, bias, lora_A, lora_B, scaling, *, dropout_p=0.0, seed
     device = x.device
     if backend == "torch" or (backend == "auto" and device.type == "cpu" and BACKEND_ENV_VAR not in os.environ):
         backend = "torch"  # the common cases, on every call: nothing further to check
-    elif not (backend == "triton" and x.is_cuda and _triton_importable()):
+    elif not (backend == "triton" and _triton_importable() and (x.is_cuda or _kernels_run_on_cpu())):
         backend = resolve_backend(backend, device, dtype=x.dtype,
                                   shape=(x2d.shape[0], weight.shape[1], weight.shape[0],
                                          0 if probe else lora_A.shape[0]))

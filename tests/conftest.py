@@ -19,3 +19,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def kernels_not_interpreted(monkeypatch):
+    """The Triton kernels as a process without TRITON_INTERPRET=1 at import has them: built for the GPU, so
+    CPU tensors cannot run them (unsetting the variable later changes nothing; this flag is what counts)."""
+    from act_lora_fast.kernels.triton import utils
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(utils, "KERNELS_INTERPRETED", False)

@@ -117,3 +117,17 @@ def test_a_malformed_backend_table_is_named(tmp_path, monkeypatch, overrides, wo
     monkeypatch.setenv(BACKEND_TABLE_ENV_VAR, str(path))
     with pytest.raises(ValueError, match=f"backend table {path}: {words}"):
         resolve_backend("auto", torch.device("cuda"), dtype=torch.bfloat16, shape=(8, 8, 8, 1))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels are built for the GPU there")
+def test_triton_on_cpu_follows_how_the_kernels_were_built_not_the_variable_now(monkeypatch):
+    """Triton decided at import that the kernels run in its interpreter; unsetting TRITON_INTERPRET afterwards
+    does not stop them (only kernels built for the GPU refuse CPU tensors, see kernels_not_interpreted)."""
+    from act_lora_fast.functional import resolve_backend
+
+    g = torch.Generator().manual_seed(4)
+    x, W, b, A, B = (torch.randn(*shape, generator=g) for shape in [(7, 12), (10, 12), (10,), (4, 12), (10, 4)])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert resolve_backend("triton", torch.device("cpu")) == "triton"
+    y, _ = lora_linear(x, W, b, A, B, 0.5, backend="triton")
+    torch.testing.assert_close(y, lora_linear(x, W, b, A, B, 0.5, backend="torch")[0], rtol=1e-5, atol=1e-5)

@@ -236,8 +236,7 @@ def test_env_var_picks_backend_and_rejects_unknown(monkeypatch):
     torch.testing.assert_close(layer(x), y_ref)
 
 
-def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(kernels_not_interpreted):
     layer = make_layer(backend="triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         layer(torch.randn(3, 48))

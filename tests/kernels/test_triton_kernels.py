@@ -196,11 +196,11 @@ def test_autograd_respects_needs_input_grad():
     assert rel_err(xg.grad, dx_sum) < FP32_RTOL
 
 
-def test_cpu_without_interpreter_raises(monkeypatch):
+def test_cpu_without_interpreter_raises(request):
     x = torch.randn(4, 8)
     W = torch.randn(6, 8)
     assert triton_available("cpu") == (os.environ.get("TRITON_INTERPRET") == "1")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    request.getfixturevalue("kernels_not_interpreted")
     assert not triton_available("cpu")
     with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors or TRITON_INTERPRET=1"):
         check_triton_device(x, W)

@@ -31,8 +31,7 @@ def test_device_cuda_without_cuda_is_one_line(capsys, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_backend_triton_on_cpu_without_interpreter_is_one_line(capsys, tmp_path, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_backend_triton_on_cpu_without_interpreter_is_one_line(capsys, tmp_path, kernels_not_interpreted):
     code, err = _run(capsys, ["train", "--model", "no-such-org/no-such-model", "--backend", "triton", *QUICK])
     assert code == 2 and "TRITON_INTERPRET" in _one_line(err)
 

@@ -349,12 +349,12 @@ def test_bad_output_dir_is_found_before_any_work(tiny_model, sst2_dir, tmp_path,
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_unusable_device_and_backend_fail_before_any_work(tiny_model, sst2_dir, tmp_path, monkeypatch):
+def test_unusable_device_and_backend_fail_before_any_work(tiny_model, sst2_dir, tmp_path, request):
     """Issue 10.12: device='cuda' without CUDA, backend='triton' on CPU without the interpreter."""
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(ValueError, match="CUDA is not available"):
         train(_quick(tiny_model, sst2_dir, device="cuda", model=missing))
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    request.getfixturevalue("kernels_not_interpreted")
     with pytest.raises(ValueError, match="backend 'triton' on cpu: .*TRITON_INTERPRET"):
         train(_quick(tiny_model, sst2_dir, backend="triton", model=missing))
 

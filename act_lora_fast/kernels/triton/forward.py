@@ -17,7 +17,6 @@ from .utils import (
     GEMM_CONFIGS_32,
     INTERP_BLOCK,
     INTERP_OPTIONS,
-    KERNELS_INTERPRETED,
     ConfigTuner,
     block_r,
     cdiv,
@@ -189,12 +188,10 @@ def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0,
 
     lora_A / lora_B None -> probe mode (plain linear, rowsq fused into the GEMM). `checked`: the caller has
     already run `check_forward_inputs` or its equivalent (`act_lora_fast.functional.lora_linear` checks shapes,
-    dtypes and one device, and that Triton runs there); only CPU data with GPU-built kernels is still caught."""
+    dtypes and one device, and that the kernels run there)."""
     has_lora = lora_A is not None
     if not checked:
         check_forward_inputs(x, weight, bias, lora_A, lora_B, dropout_p)
-    elif not (x.is_cuda or KERNELS_INTERPRETED):
-        check_triton_device(x, kernel=_lora_fwd_kernel)
     T, K = x.shape
     N = weight.shape[0]
     R = lora_A.shape[0] if has_lora else 0

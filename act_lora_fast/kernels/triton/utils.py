@@ -35,12 +35,17 @@ def interpreter_works_with_numpy(triton_version=triton.__version__, numpy_versio
     return _version(triton_version) >= (3, 7) or _version(numpy_version) < (2,)
 
 
+# Triton picks the interpreter when it decorates the kernels, i.e. when this package is imported: CPU tensors
+# can run them exactly when this is True, whatever the environment says later.
+KERNELS_INTERPRETED = interpret_env()
+
+
 def triton_available(device) -> bool:
     """True when Triton kernels can run on tensors living on `device`."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available()
-    return device.type == "cpu" and interpret_env()
+    return device.type == "cpu" and KERNELS_INTERPRETED
 
 
 def check_triton_device(*tensors, kernel=None) -> None:
@@ -60,7 +65,7 @@ def check_triton_device(*tensors, kernel=None) -> None:
                 raise RuntimeError(f"backend='triton' needs all tensors on one device, got "
                                    f"{sorted(map(str, devices))}")
     if dev is not None and dev.type != "cuda":
-        if dev.type != "cpu" or not interpret_env():
+        if dev.type != "cpu" or not KERNELS_INTERPRETED:
             raise RuntimeError(_INTERPRET_ERROR + f" (got tensors on {dev})")
         if kernel is not None and type(kernel).__name__ != "InterpretedFunction":
             raise RuntimeError(_INTERPRET_ERROR + " (TRITON_INTERPRET=1 was set after the kernels were built)")
@@ -78,10 +83,6 @@ def device_guard(t: torch.Tensor):
     if t.is_cuda and t.get_device() != torch.cuda.current_device():
         return torch.cuda.device(t.device)
     return _NO_GUARD
-
-
-# Triton picks the interpreter when it decorates the kernels, i.e. when this package is imported.
-KERNELS_INTERPRETED = interpret_env()
 
 
 @functools.lru_cache(maxsize=None)  # asked on every launch; a device's SM count does not change
