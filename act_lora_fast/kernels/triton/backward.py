@@ -384,6 +384,7 @@ def lora_backward(dy, *, weight, x=None, lora_A=None, lora_B=None, xa=None, scal
                     _lora_dx_kernel[(cdiv(T, kwargs["BLOCK_M"]) * cdiv(K, kwargs["BLOCK_N"]),)](*args, **kwargs)
 
                 key = (m_bucket(T), N, K, dy.dtype, has_lora, has_dropout, rowsq_in_dx, BR_gemm)
+                # a seen key: one lookup; the flags dict below is built for a new key only
                 kwargs = DX_TUNER.launches.get(key) or DX_TUNER.launch_kwargs(
                     key, launch, dict(HAS_LORA=has_lora, HAS_DROPOUT=has_dropout, DY_ROWSQ=rowsq_in_dx,
                                       F32_DOT=f32, BLOCK_R=BR_gemm), F32_DOT=f32, HAS_DROPOUT=has_dropout,

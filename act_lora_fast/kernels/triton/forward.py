@@ -250,6 +250,7 @@ def lora_forward(x, *, weight, bias=None, lora_A=None, lora_B=None, scaling=1.0,
                 _lora_fwd_kernel[(cdiv(T, kwargs["BLOCK_M"]) * cdiv(N, kwargs["BLOCK_N"]),)](*args, **kwargs)
 
             key = (m_bucket(T), N, K, x.dtype, has_lora, bias is not None, rowsq_in_gemm, BR_gemm)
+            # a seen key: one lookup; the flags dict below is built for a new key only
             kwargs = FORWARD_TUNER.launches.get(key) or FORWARD_TUNER.launch_kwargs(
                 key, launch, dict(HAS_LORA=has_lora, HAS_BIAS=bias is not None, ROWSQ=rowsq_in_gemm, F32_DOT=f32,
                                   BLOCK_R=BR_gemm), F32_DOT=f32, BLOCK_R=BR_gemm)
