@@ -415,12 +415,9 @@ def _called(monkeypatch, target, argv):
 
 
 def test_train_options_reach_the_train_config(monkeypatch, tmp_path):
-    (tmp_path / "ad").mkdir()  # --resume-from's r/alpha/dropout must agree with the adapter's (else exit 2)
-    (tmp_path / "ad" / "adapter_config.json").write_text(
-        '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["query"]}')
     call = _called(monkeypatch, "act_lora_fast.train.loop.train", [
         "train", "--model", str(tmp_path), "--task", "rte", "--data-dir", str(tmp_path), "--output-dir", "O",
-        "--selection", "gradient", "--fraction", "0.5", "--resume-from", str(tmp_path / "ad"),
+        "--selection", "gradient", "--fraction", "0.5",
         "--max-train-samples", "80", "--max-eval-samples", "40", "--max-seq-len", "32",
         "--calibration-samples", "64", "--rank", "4", "--alpha", "8", "--dropout", "0.1",
         "--target-modules", "query,value", "--modules-to-save", "classifier,pooler", "--backend", "torch",
@@ -431,7 +428,7 @@ def test_train_options_reach_the_train_config(monkeypatch, tmp_path):
     (config,) = call.args_
     assert config == TrainConfig(
         model=str(tmp_path), task="rte", data_dir=str(tmp_path), output_dir="O", selection="gradient",
-        fraction=0.5, resume_from=str(tmp_path / "ad"), max_train_samples=80, max_eval_samples=40, max_seq_len=32,
+        fraction=0.5, max_train_samples=80, max_eval_samples=40, max_seq_len=32,
         calibration_samples=64, r=4, alpha=8.0, dropout=0.1, target_modules=["query", "value"],
         modules_to_save=["classifier", "pooler"], backend="torch", epochs=2, batch_size=16, eval_batch_size=32,
         learning_rate=1e-3, weight_decay=0.1, warmup_ratio=0.1, grad_accum_steps=2, max_grad_norm=0.5,

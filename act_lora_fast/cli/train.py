@@ -107,7 +107,10 @@ def _train(args):
     from ..train.loop import train
 
     saved = _check_resume_options(args) if args.resume_from else {}
-    layers = [int(i) for i in csv_list(args.layers)] if args.layers else None
+    try:
+        layers = [int(i) for i in csv_list(args.layers)] if args.layers else None
+    except ValueError:
+        raise ValueError(f"--layers must be comma-separated block indices, e.g. 2,3,4; got {args.layers!r}") from None
     config = _config_from_args(args, selection="fixed" if layers and not args.selection else args.selection,
                                k=args.k, fraction=args.fraction, cumulative=args.cumulative,
                                resume_from=args.resume_from, layers=layers, metric=args.metric,
@@ -135,10 +138,14 @@ def _train(args):
 
 
 def _check_resume_options(args):
-    """--resume-from trains the adapter's own r/alpha/dropout: a different value given with it is refused.
-    Returns the adapter's values (the run's config takes them where no option was given)."""
+    """--resume-from trains the adapter's own blocks and r/alpha/dropout: a selection option, or a different
+    value of those, given with it is refused. Returns the adapter's values (the run's config takes them where no option was given)."""
     from ..model.adapters import read_adapter_config
 
+    for option in ("selection", "k", "fraction", "cumulative", "layers"):
+        if getattr(args, option) is not None:
+            raise ValueError(f"--{option} conflicts with --resume-from: a resumed run trains the adapter's own "
+                             f"blocks; drop --{option}")
     adapter = read_adapter_config(args.resume_from)
     saved = {"r": adapter["r"], "alpha": adapter["lora_alpha"], "dropout": adapter.get("lora_dropout", 0.0)}
     for name, value in saved.items():

@@ -82,6 +82,11 @@ class TrainConfig:
             raise TypeError(f"model must be a path or hub id (non-empty str), got {self.model!r}")
         if not isinstance(self.task, GlueTask):
             get_task(self.task)
+        if self.resume_from is not None:
+            chosen = [n for n in ("selection", "k", "fraction", "cumulative", "layers") if getattr(self, n) is not None]
+            if chosen:
+                raise ValueError(f"resume_from trains the saved adapter's own blocks: leave {', '.join(chosen)} "
+                                 "unset")
         if self.selection is None:
             chosen = any(v is not None for v in (self.k, self.fraction, self.cumulative))
             self.selection = "activation" if chosen else "all"
@@ -143,7 +148,10 @@ class TrainConfig:
 
     @property
     def selection_label(self):
-        """A short name for tables: "all", "activation@50%", "random@k=3", ..."""
+        """A short name for tables: "all", "activation@50%", "random@k=3", "resumed" (the saved adapter's
+        blocks), ..."""
+        if self.resume_from is not None:
+            return "resumed"
         if self.selection == "all":
             return "all"
         if self.selection == "fixed":

@@ -359,7 +359,7 @@ class _Run:
             "best_epoch": best["epoch"],
             "best_step": best["step"],
             "history": self.history,
-            "selection": config.selection,
+            "selection": "resumed" if config.resume_from is not None else config.selection,
             "selection_label": config.selection_label,
             "num_layers": self.n_blocks,
             "selected_layers": sorted(int(i) for i in self.layers) if self.layers is not None else None,

@@ -79,12 +79,17 @@ def test_resume_with_conflicting_lora_options_is_refused(capsys, tiny_model, sst
     code, err = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--resume-from", adapter,
                               "--alpha", "16", *QUICK])
     assert code == 2 and "--alpha 16 conflicts with the adapter" in _one_line(err) and "alpha=8" in err
+    for option in (["--fraction", "0.25"], ["--layers", "0,1"], ["--selection", "all"]):
+        code, err = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--resume-from", adapter,
+                                  *option, *QUICK])
+        assert code == 2 and f"{option[0]} conflicts with --resume-from" in _one_line(err), option
     out_b = str(tmp_path / "b")  # the same values, or none, are fine; the report records the adapter's
     code, _ = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--resume-from", adapter,
                             "--r", "4", "--output-dir", out_b, *QUICK])
     report = json.loads(open(os.path.join(out_b, "report.json")).read())
     assert code == 0 and report["config"]["r"] == 4 and report["config"]["alpha"] == 8
     assert report["lora"]["alpha"] == 8 and report["resumed_from"] == adapter
+    assert report["selection"] == report["selection_label"] == "resumed" and report["selected_layers"] == [3]
 
 
 def test_compare_without_tasks_or_variants_exits_2(capsys, tmp_path):

@@ -181,6 +181,15 @@ def test_train_config_rejects_bad_options(tiny_model, tmp_path):
     assert TrainConfig(model=tiny_model).selection == "all"
 
 
+def test_resume_from_takes_no_selection(tiny_model, tmp_path):
+    """A resumed run trains the adapter's own blocks: a selection given with it would be silently ignored."""
+    (tmp_path / "ad").mkdir()
+    for extra in (dict(fraction=0.25), dict(selection="all"), dict(selection="fixed", layers=[1])):
+        with pytest.raises(ValueError, match="resume_from trains the saved adapter's own blocks"):
+            TrainConfig(model=tiny_model, resume_from=str(tmp_path / "ad"), **extra)
+    assert TrainConfig(model=tiny_model, resume_from=str(tmp_path / "ad")).selection_label == "resumed"
+
+
 # compare's tests (seeds, baselines, statistics, timing phase) live in tests/train/test_compare.py
 
 
