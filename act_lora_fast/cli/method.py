@@ -167,15 +167,15 @@ def _block_path_for(model, recorded):
 
 def run_stability(args):
     from ..method.stability import stability_study
-    from ..train.outputs import check_output_dir
+    from ..train.outputs import check_output_dir, removed_if_left_empty
 
-    if args.out:
-        check_output_dir(args.out, option="--out")  # before the study, not after it
-
-    summary = stability_study(model=args.model, data_dir=args.data_dir, tasks=args.tasks, seeds=args.seeds,
-                              samples=args.samples, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
-                              k=args.k, head_warmup_steps=args.head_warmup_steps, out_dir=args.out,
-                              progress=not args.no_progress)
+    with removed_if_left_empty(args.out):
+        if args.out:
+            check_output_dir(args.out, option="--out")  # before the study, not after it
+        summary = stability_study(model=args.model, data_dir=args.data_dir, tasks=args.tasks, seeds=args.seeds,
+                                  samples=args.samples, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+                                  k=args.k, head_warmup_steps=args.head_warmup_steps, out_dir=args.out,
+                                  progress=not args.no_progress)
     print(summary["table"])
     if args.out:
         print(f"results written to {args.out}/stability.json, .png and .txt")

@@ -116,6 +116,8 @@ def _train(args):
                                resume_from=args.resume_from, layers=layers, metric=args.metric,
                                gradient_warmup_steps=args.gradient_warmup_steps,
                                **{k: v for k, v in saved.items() if k not in getattr(args, "given", ())})
+    if not config.output_dir and _dist.is_main_process():
+        print("no --output-dir: the report and the adapter will not be saved", flush=True)
     try:
         report = train(config).report
     finally:
@@ -170,10 +172,11 @@ def _compare(args):
     if not tasks:
         raise ValueError("--task needs at least one task name")  # main reports it: exit 2, one line
     fractions, baselines = csv_floats(args.fractions), csv_list(args.baselines)
-    for task in tasks:  # every task's config and folder checked before the first run starts
-        output_dir = os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir
-        specs = variant_specs(fractions, baselines, args.baseline_fraction)
-        seeds = seed_list(args.seeds, _config_from_args(args, task=task, output_dir=None))
+    # every task's config, then every folder, checked before the first run starts (and before any is created)
+    planned = [(os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir,
+                variant_specs(fractions, baselines, args.baseline_fraction),
+                seed_list(args.seeds, _config_from_args(args, task=task, output_dir=None))) for task in tasks]
+    for output_dir, specs, seeds in planned:
         if _dist.is_main_process() and not args.resume:
             claim_compare_dir(output_dir, specs, seeds=seeds, random_draws=args.random_draws,
                               overwrite=args.overwrite)
@@ -210,6 +213,7 @@ def _compare(args):
 
 def _demo(args):
     from ..train.demo import DemoConfig, run_demo
+    from ..train.outputs import removed_if_left_empty
 
     defaults = DemoConfig()
     model = resolve_model_path(args.model) if args.model else None
@@ -217,7 +221,8 @@ def _demo(args):
                         fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
                         max_train_samples=args.max_train_samples or defaults.max_train_samples,
                         max_seq_len=args.max_seq_len, seed=args.seed, progress=not args.no_progress)
-    run_demo(config)
+    with removed_if_left_empty(config.output_dir):
+        run_demo(config)
     return 0
 
 

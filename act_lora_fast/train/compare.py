@@ -504,6 +504,7 @@ def claim_compare_dir(output_dir, specs, *, seeds, random_draws, overwrite=False
     """The output-folder rule (see `outputs`) for a compare: it owns ``compare.*`` and one folder per variant
     (per random draw). Refuses (FileExistsError) a folder holding an earlier compare's files unless
     `overwrite`, which deletes them (and only them) first."""
+    check_int("random_draws", random_draws, 1)  # before the folder exists: a bad argument leaves nothing
     draws = math.ceil(random_draws / len(seeds)) * len(seeds)  # as run_compare spreads them over the seeds
     folders = []
     for spec in specs:

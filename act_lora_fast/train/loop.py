@@ -42,7 +42,7 @@ from ..model.inject import apply_act_lora, match_modules_to_save
 from . import distributed as dist_utils
 from .config import TrainConfig, TrainResult
 from .evaluate import autocast, autocast_dtype, evaluate, to_device
-from .outputs import claim_output_dir
+from .outputs import claim_output_dir, removed_if_left_empty
 from .plots import plot_run
 
 logger = logging.getLogger(__name__)
@@ -427,11 +427,11 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
     if layer_scores is not None and not isinstance(layer_scores, dict):
         raise TypeError(f"layer_scores must be a dict {{'activation'|'gradient': LayerScores}}, got "
                         f"{type(layer_scores).__name__}")
-    _preflight(config)
-    run, stage = None, "setup"
-    try:
+    with removed_if_left_empty(config.output_dir if _dist.is_main_process() else None):
+        _preflight(config)
         run = _Run(config, model, tokenizer, data, layer_scores)
-        stage = "training"
+    stage = "training"
+    try:
         for epoch in range(config.epochs):
             run.train_epoch(epoch)
             run.epochs_done = epoch + 1

@@ -5,6 +5,7 @@ A run owns a fixed set of names in its folder (`RUN_OUTPUTS`: ``report.json``, `
 run's results) is refused unless ``overwrite`` is set, which deletes exactly those names first; other files
 are never touched. So a folder never shows an older run's files beside a newer run's report.
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -52,3 +53,20 @@ def claim_output_dir(path, *, overwrite=False, owned=RUN_OUTPUTS, option="output
         else:
             os.unlink(target)
     return path
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path):
+    """Around work that creates output folder `path` (None: no folder): when the work fails and leaves the
+    folder empty, and it did not exist before, remove it again, so a run stopped before writing anything
+    leaves nothing behind."""
+    existed = path is None or os.path.isdir(path)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass  # not empty (something was written), or already gone
+        raise

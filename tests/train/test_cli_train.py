@@ -114,3 +114,27 @@ def test_demo_output_dir_that_is_a_file_fails_first(capsys, tmp_path):
     (tmp_path / "f").write_text("x")
     code, err = _run(capsys, ["demo", "--output-dir", str(tmp_path / "f"), "--model", "no-such-org/no-such-model"])
     assert code == 2 and "is a file" in _one_line(err)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--task", "sst2", "--data-dir", "{missing}", "--output-dir", "{out}"], "not found"),
+    (["compare", "--task", "sst2", "--random-draws", "0", "--output-dir", "{out}"], "random_draws"),
+    (["compare", "--task", "sst2,nosuchtask", "--fractions", "0.5", "--baselines", "", "--output-dir", "{out}"],
+     "nosuchtask"),
+    (["stability", "--seeds", "1", "--out", "{out}"], "seeds"),
+    (["demo", "--data-dir", "{missing}", "--output-dir", "{out}"], "not found"),
+], ids=["train-bad-data", "compare-bad-draws", "compare-bad-second-task", "stability-bad-seeds", "demo-bad-data"])
+def test_a_run_refused_before_writing_anything_leaves_no_folder(capsys, tmp_path, argv, words):
+    """README: a run stopped during setup has written nothing and leaves nothing, not even its folder."""
+    out, missing = tmp_path / "out", tmp_path / "no-such-data"
+    code, err = _run(capsys, [a.format(out=out, missing=missing) for a in argv])
+    assert code == 2 and words in _one_line(err)
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_train_without_output_dir_says_nothing_will_be_saved(capsys, tiny_model, sst2_dir, tmp_path,  # noqa: F811
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["train", "--model", tiny_model, "--data-dir", sst2_dir, *QUICK]) == 0
+    assert capsys.readouterr().out.startswith("no --output-dir: the report and the adapter will not be saved")
+    assert os.listdir(tmp_path) == []
