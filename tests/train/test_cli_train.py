@@ -49,6 +49,7 @@ def test_ctrl_c_exits_130_without_traceback(capsys, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "train", interrupted)
+    (tmp_path / "config.json").write_text("{}")  # a model folder, as far as the command line checks
     code, err = _run(capsys, ["train", "--model", str(tmp_path), *QUICK])
     assert code == 130 and _one_line(err) == "act-lora train: interrupted"
 
