@@ -190,7 +190,7 @@ def _compare(args):
             base = _config_from_args(args, task=task, output_dir=None)
             def on_run(config, report, task=task):
                 if _dist.is_main_process():
-                    print(f"[{task}] seed {config.seed} {config.selection_label}: last-epoch score "
+                    print(f"[{task}] seed {config.seed} {report['variant']}: last-epoch score "
                           f"{report['history'][-1]['score']:.2f}, {report['wall_seconds']:.0f} s, layers "
                           f"{report['selected_layers']}", flush=True)
             result = run_compare(base, fractions=fractions, baselines=baselines,

@@ -257,7 +257,7 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
     `TimingSettings` (default: 3 interleaved rounds, process clock), or False to report the training runs'
     own step times instead (not comparable on a shared machine). `profiles` (``{"activation"|"gradient":
     LayerScores}``) are reused for every seed instead of profiling. `on_run(config, report)` is called after
-    each training run. With `output_dir`: ``compare.json`` (rewritten after every run), ``compare.md``,
+    each training run (``report["variant"]`` names its variant, e.g. ``"activation@50%"``). With `output_dir`: ``compare.json`` (rewritten after every run), ``compare.md``,
     ``compare.png`` (score ± CI against step time) and each run's folder. `resume`: keep the finished runs of
     an earlier ``compare.json`` in `output_dir` (same model, metric and training options; a run is kept when
     its variant, seed, draw and blocks match) and train only the rest, e.g. to add seeds. Profiles and
@@ -474,7 +474,7 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                 trained[key] = {**record, "variant": spec.name}
                 meta["completed_runs"] += 1
                 if on_run is not None:
-                    on_run(config, report)
+                    on_run(config, {**report, "variant": spec.name})
                 if output_dir and main:
                     write_json(os.path.join(output_dir, "compare.json"), outcome().to_json())
     meta["status"] = "complete"

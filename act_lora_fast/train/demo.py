@@ -163,7 +163,7 @@ def run_demo(config=None, *, quiet=False):
     outcome = run_compare(base, fractions=(config.fraction,), baselines=(), data=data,
                           output_dir=config.output_dir, profiles={"activation": scores},
                           on_run=lambda cfg, report: _say(
-                              f"  {'all blocks' if cfg.selection == 'all' else f'blocks {cfg.layers}'}: score "
+                              f"  {report['variant']} (blocks {report['selected_layers']}): score "
                               f"{report['score']:.2f}, "
                               f"{report['train_seconds']:.1f} s training", quiet))
     seconds = time.perf_counter() - start

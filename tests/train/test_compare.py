@@ -33,7 +33,7 @@ def matrix(tiny_model, sst2_dir, tmp_path_factory):
     result = run_compare(_base(tiny_model, sst2_dir), fractions=(0.5,),
                          baselines=("gradient", "random", "first", "last", "block_output", "cost_aware"),
                          seeds=2, random_draws=3, gradient_warmup_steps=2, output_dir=str(out),
-                         on_run=lambda config, report: seen.append((config.seed, config.selection_label)))
+                         on_run=lambda config, report: seen.append((config.seed, report["variant"])))
     return result, out, seen
 
 
@@ -81,8 +81,11 @@ def test_random_draws_come_from_their_own_stream(matrix):
     for draw in draws:
         assert draw["layers"] == select_layers([0.0] * 4, fraction=0.5, strategy="random",
                                                seed=RANDOM_STREAM + draw["draw"])
-    # one training run per draw, each paired with all-layer LoRA at the draw's seed
-    assert sum(1 for _, label in seen if label.startswith("fixed")) >= len(draws)
+    # one training run per draw (unless an identical run was reused), each paired with all-layer LoRA at the
+    # draw's seed; on_run names the variant of every run it trains
+    trained = [run for run in random_variant["runs"] if "same_run_as" not in run]
+    assert sum(1 for _, variant in seen if variant == random_variant["name"]) == len(trained)
+    assert {variant for _, variant in seen} <= {v["name"] for v in result.variants}
     assert len(random_variant["runs"]) == len(draws) and len(random_variant["scores"]) == 2
 
 

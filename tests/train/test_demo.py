@@ -42,7 +42,8 @@ def test_demo_runs_offline_on_generated_data(tmp_path, capsys):
     rows = {row["variant"]: row for row in summary["rows"]}
     assert set(rows) == {"all", "activation@50%"}
     assert rows["activation@50%"]["layers"] == sorted(summary["ranking"][:3])
-    assert "  all blocks: score" in printed and f"  blocks {rows['activation@50%']['layers']}: score" in printed
+    assert "  all (blocks [0, 1, 2, 3, 4, 5]): score" in printed
+    assert f"  activation@50% (blocks {rows['activation@50%']['layers']}): score" in printed
     assert rows["activation@50%"]["lora_parameters"] * 2 == rows["all"]["lora_parameters"]
     for row in rows.values():
         assert 0 <= row["score"] <= 100 and row["step_ms"] > 0 and row["peak_memory_bytes"] > 0
