@@ -289,7 +289,7 @@ def add_commands(subparsers):
 
     demo = subparsers.add_parser("demo", help="the whole method in minutes, offline: profile, rank, compare",
                                  description="Profile the bundled MiniLM, show its block ranking, fine-tune "
-                                             "all-layer LoRA and Act-LoRA at 50%% of the blocks and print the "
+                                             "all-layer LoRA and Act-LoRA at half of the blocks (--fraction) and print the "
                                              "comparison. Uses --data-dir GLUE data when given, the hub when "
                                              "reachable, else a small generated task (and says so).")
     demo.add_argument("--output-dir", default="act-lora-demo")

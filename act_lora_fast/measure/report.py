@@ -83,9 +83,11 @@ def format_table(results):
         lines += ["", f"bottom block alone / all blocks (step time): {analysis['bottom1_over_all']:.2f}; "
                       f"top block alone / all blocks: {analysis['top1_over_all']:.2f}"]
     validation = results.get("cost_validation")
-    if validation:
+    if validation and validation["points"]:
         lines.append(f"cost model on unseen selections: max |error| step time "
                      f"{validation['max_abs_error']['step_ms']:.1%}, memory "
                      f"{validation['max_abs_error']['memory_bytes']:.1%}")
+    elif validation:
+        lines.append("cost model on unseen selections: none measured (every placement was used to fit it)")
     return "\n".join(lines)
 

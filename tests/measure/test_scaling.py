@@ -233,3 +233,15 @@ def test_compare_with_peft_checks_before_measuring(monkeypatch, batch, kwargs, e
     monkeypatch.setattr(vs_peft_module, "measure_variants", measure)
     with pytest.raises(error, match=match):
         A.compare_with_peft(tiny_bert().eval(), batch, **{"ranking": [0, 1, 2], "progress": False, **kwargs})
+
+
+def test_table_says_when_no_unseen_selection_validated_the_cost_model():
+    from act_lora_fast.measure.report import format_table
+
+    base = {"model": "m", "device": "cpu", "placements": {}, "cost_validation": {
+        "points": [], "max_abs_error": {"step_ms": float("nan"), "memory_bytes": float("nan")}}}
+    text = format_table(base)
+    assert "none measured" in text and "nan" not in text
+    base["cost_validation"] = {"points": [{"layers": [0]}],
+                               "max_abs_error": {"step_ms": 0.031, "memory_bytes": -0.002}}
+    assert "max |error| step time 3.1%, memory -0.2%" in format_table(base)
