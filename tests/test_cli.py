@@ -94,7 +94,7 @@ _RUN_OPTIONS = [
     (["--no-progress"], {"no_progress": True}),
 ]
 PARSE_CASES = [
-    ("profile", [], dict(model="m", data_dir=None, text_file=None, task="sst2", metric="input_norm", samples=128,
+    ("profile", [], dict(model="m", data_dir=None, text_file=None, task=None, metric="input_norm", samples=128,
                          batch_size=16, max_seq_len=128, seed=0, target_modules=None, blocks=None, out=None,
                          plot=None, no_progress=False)),
     ("profile", ["--data-dir", "D"], {"data_dir": "D"}),

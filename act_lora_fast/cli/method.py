@@ -19,7 +19,7 @@ def add_commands(subparsers):
     source.add_argument("--data-dir", metavar="DIR",
                         help="GLUE folder (<DIR>/SST-2/train.tsv, ...); calibrate on --task's training texts")
     source.add_argument("--text-file", metavar="FILE", help="calibrate on this file's non-empty lines")
-    profile.add_argument("--task", default="sst2", help="GLUE task with --data-dir (default: sst2)")
+    profile.add_argument("--task", help="GLUE task with --data-dir (default: sst2)")
     profile.add_argument("--metric", default="input_norm", choices=METRICS,
                          help="input_norm: mean token L2 norm of each targeted linear's input (the paper); "
                               "input_rms: the same as an RMS per entry; block_output: mean token norm of "
@@ -102,10 +102,11 @@ def run_profile(args):
         if target:  # its folder: not a file, writable
             check_output_dir(os.path.dirname(os.path.abspath(target)), option=f"{option} {target}: folder")
     path = resolve_model_path(args.model)
+    task = args.task if args.task is not None or args.data_dir is None else "sst2"
+    examples = load_examples(data_dir=args.data_dir, task=task, text_file=args.text_file)  # before the model
+    examples = sample_examples(examples, args.samples, args.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
-    examples = load_examples(data_dir=args.data_dir, task=args.task, text_file=args.text_file)
-    examples = sample_examples(examples, args.samples, args.seed)
     batches = make_batches(tokenizer, examples, batch_size=args.batch_size, max_seq_len=args.max_seq_len)
     scores = profile_activations(model, batches, target_modules=args.target_modules, metric=args.metric,
                                  progress=not args.no_progress, blocks=args.blocks)

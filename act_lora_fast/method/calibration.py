@@ -51,6 +51,9 @@ def load_examples(*, data_dir=None, task=None, text_file=None, split="train"):
     """
     if data_dir is not None and text_file is not None:
         raise ValueError("give a GLUE data_dir (with task) or a text_file, not both")
+    if task is not None and data_dir is None:
+        raise ValueError(f"task {task!r} needs a GLUE data_dir to read it from (without one, the built-in "
+                         "sentences are used: leave the task out)")
     if data_dir is not None:
         if task is None:
             raise ValueError("a GLUE data_dir needs a task (e.g. 'sst2')")
@@ -59,7 +62,9 @@ def load_examples(*, data_dir=None, task=None, text_file=None, split="train"):
             raise FileNotFoundError(f"GLUE data directory not found: {data_dir}")
         return read_glue_tsv(os.path.join(data_dir, task.folder, f"{split}.tsv"), task)
     if text_file is not None:
-        if not os.path.isfile(text_file):
+        if os.path.isdir(text_file):
+            raise IsADirectoryError(f"text file {text_file} is a directory; give a file with one text per line")
+        if not os.path.exists(text_file):
             raise FileNotFoundError(f"text file not found: {text_file}")
         with open(text_file, "rb") as handle:
             raw_lines = handle.read().splitlines()

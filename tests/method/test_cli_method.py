@@ -31,3 +31,14 @@ def test_outputs_under_a_file_fail_before_any_work(capsys, tmp_path, command):
     code = cli_main([*command, str(target)])
     err = capsys.readouterr().err
     assert code == 2 and str(tmp_path / "f") in err and "is a file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--task", "sst2"], "task 'sst2' needs a GLUE data_dir"),
+    (["--text-file", "{tmp}"], "is a directory"),
+], ids=["task-without-data", "text-file-is-a-folder"])
+def test_profile_calibration_mistakes_are_named(capsys, tmp_path, argv, words):
+    """A --task with nothing to read it from is not silently replaced by the built-in sentences."""
+    code = cli_main(["profile", "minilm", *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.splitlines()) == 1, err
