@@ -10,12 +10,19 @@ import sys
 from . import bench, method, train
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as the library's are (the usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="act-lora",
         description="Selective LoRA: profile activation norms, pick layers, fine-tune only those.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in (method, train, bench):
         module.add_commands(subparsers)
     return parser
