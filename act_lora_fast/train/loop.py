@@ -252,6 +252,9 @@ class _Run:
         total_steps = math.ceil(len(self.loader) / config.grad_accum_steps) * config.epochs
         self.optimizer, self.scheduler = _build_optimizer(self.model, config, total_steps)
         self.amp_dtype = autocast_dtype(config.precision, ctx.device)
+        if self.amp_dtype is torch.float16 and ctx.device.type == "cpu":
+            self._note("precision fp16 on CPU: the CPU has no fast fp16 kernels, so steps run many times slower "
+                       "than in fp32 (the CPU default) or bf16")
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_model = self.model
         if ctx.is_distributed:
@@ -306,8 +309,9 @@ class _Run:
                     self.scaler.scale(scaled).backward()
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
+                remedy = "lower the learning rate" + (" or use fp32" if self.amp_dtype is not None else "")
                 raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch + 1}, step "
-                                         f"{self.step}; lower the learning rate or use fp32")
+                                         f"{self.step}; {remedy}")
             epoch_loss += loss_value
             epoch_batches += 1
             tokens = int(batch["attention_mask"].sum())

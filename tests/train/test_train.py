@@ -333,8 +333,9 @@ def test_interrupted_run_leaves_a_report_that_says_so(tiny_model, sst2_dir, tmp_
 
 def test_failed_run_names_the_error_in_its_report(tiny_model, sst2_dir, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(FloatingPointError, match="training loss became"):
+    with pytest.raises(FloatingPointError, match="training loss became") as failure:
         train(_quick(tiny_model, sst2_dir, str(out), learning_rate=1e9, max_grad_norm=None, warmup_ratio=0.0))
+    assert str(failure.value).endswith("lower the learning rate")  # an fp32 run is not told to use fp32
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "interrupted" and report["reason"].startswith("FloatingPointError: training loss")
     assert "adapter" not in os.listdir(out)  # no epoch finished: no best adapter
@@ -405,3 +406,11 @@ def test_empty_training_texts_are_refused(tiny_model):
     with pytest.raises(ValueError, match=r"training data: example 1 has an empty text_a"):
         train(TrainConfig(model=tiny_model, epochs=1, progress=False, save_adapter=False), model=model,
               tokenizer=tokenizer, data=data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the note is about CPU runs")
+def test_fp16_on_cpu_is_noted(tiny_model, sst2_dir):
+    """fp16 autocast on a CPU is accepted but much slower than fp32: the run says so (warning and report)."""
+    with pytest.warns(UserWarning, match="precision fp16 on CPU"):
+        report = train(_quick(tiny_model, sst2_dir, None, precision="fp16")).report
+    assert any("precision fp16 on CPU" in note for note in report["notes"])
