@@ -138,7 +138,9 @@ def run_demo(config=None, *, quiet=False):
              "they are not GLUE results; pass --data-dir to run on GLUE.", quiet)
     _say(f"model: {model_path}\ndata:  {data.task.name} from {data.source}", quiet)
 
-    base = TrainConfig(model=model_path, task=data.task,
+    limits = {} if data.task is SYNTHETIC_TASK else dict(max_train_samples=config.max_train_samples,
+                                                         max_eval_samples=config.max_eval_samples)
+    base = TrainConfig(model=model_path, task=data.task, **limits,  # recorded in compare.json as the runs used them
                        output_dir=None, epochs=config.epochs, batch_size=config.batch_size,
                        max_seq_len=config.max_seq_len, seed=config.seed,
                        progress=config.progress, overwrite=True)  # the demo's folder is the demo's own

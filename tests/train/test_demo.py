@@ -73,3 +73,11 @@ def test_demo_needs_a_model(monkeypatch, tmp_path, capsys):
 def test_demo_config_checks_fraction_up_front():
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 3"):
         DemoConfig(fraction=3)
+
+
+def test_demo_on_glue_data_records_the_sample_limits_it_used(tmp_path, tiny_model, sst2_dir):
+    out = tmp_path / "demo"
+    run_demo(DemoConfig(output_dir=str(out), model=tiny_model, data_dir=sst2_dir, max_train_samples=40,
+                        max_eval_samples=24, max_seq_len=32, progress=False), quiet=True)
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["train"]["max_train_samples"] == 40 == saved["train_examples"]
