@@ -88,11 +88,11 @@ def add_commands(subparsers):
 
 
 def run_profile(args):
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from ..method.calibration import load_examples, make_batches, sample_examples
     from ..method.profiling import profile_activations
-    from ..model.hf import resolve_model_path
+    from ..model.hf import load_backbone, resolve_model_path
 
     from ..train.outputs import check_output_dir
 
@@ -106,7 +106,7 @@ def run_profile(args):
     examples = load_examples(data_dir=args.data_dir, task=task, text_file=args.text_file)  # before the model
     examples = sample_examples(examples, args.samples, args.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path)
+    model = load_backbone(path)
     batches = make_batches(tokenizer, examples, batch_size=args.batch_size, max_seq_len=args.max_seq_len)
     scores = profile_activations(model, batches, target_modules=args.target_modules, metric=args.metric,
                                  progress=not args.no_progress, blocks=args.blocks)
@@ -139,14 +139,11 @@ def run_select(args):
     if scores.module_shapes:
         chosen, everything = scores.lora_parameters(layers, args.r), scores.lora_parameters(None, args.r)
     elif args.model:
-        from transformers import AutoModel
-
-        from ..model.hf import resolve_model_path
+        from ..model.anatomy import find_blocks
+        from ..model.hf import load_backbone
         from ..model.inject import count_lora_parameters
 
-        from ..model.anatomy import find_blocks
-
-        model = AutoModel.from_pretrained(resolve_model_path(args.model))
+        model = load_backbone(args.model)
         stack = find_blocks(model, _block_path_for(model, scores.block_path))
         if len(stack) != len(scores):
             raise ValueError(f"--model {args.model} has {len(stack)} blocks (at {stack.path}), but {args.scores} "

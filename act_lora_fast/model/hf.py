@@ -1,4 +1,5 @@
 """Hugging Face models: where a named model lives, loading a sequence classifier, and its task head."""
+import contextlib
 import os
 
 BUNDLED_MINILM_NAMES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -45,6 +46,31 @@ def _model_folder(path):
     return path
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' loading bar and its "newly initialised weights" report off (both are expected here)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def load_backbone(model):
+    """The bare model (``AutoModel``, no task head) of a folder, ``minilm`` or a hub id, quietly."""
+    from transformers import AutoModel
+
+    path = resolve_model_path(model)
+    with quiet_loading():
+        return AutoModel.from_pretrained(path)
+
+
 def load_classifier(model, *, num_labels=2, require_tokenizer=True):
     """A sequence classifier with `num_labels` outputs (new head) and its tokenizer, pad token ensured.
 
@@ -52,7 +78,6 @@ def load_classifier(model, *, num_labels=2, require_tokenizer=True):
     reachable). Without `require_tokenizer` a folder with no tokenizer gives ``(model, None)``.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(model)
     try:
@@ -61,15 +86,8 @@ def load_classifier(model, *, num_labels=2, require_tokenizer=True):
         if require_tokenizer:
             raise
         tokenizer = None
-    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected here
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_loading():
         net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
     if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only models (GPT-2, Llama) ship without one
     if net.config.pad_token_id is None:
