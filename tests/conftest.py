@@ -29,3 +29,12 @@ def kernels_not_interpreted(monkeypatch):
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(utils, "KERNELS_INTERPRETED", False)
+
+
+@pytest.fixture
+def unloadable_model(tmp_path_factory):
+    """A folder that passes the model-location check (it has a config.json) but fails if anything loads it:
+    for tests that an error comes before any work."""
+    folder = tmp_path_factory.mktemp("unloadable-model")
+    (folder / "config.json").write_text("{}")
+    return str(folder)

@@ -575,3 +575,22 @@ def test_select_counts_parameters_on_a_model(tmp_path, capsys):
     # BERT block: query/key/value/attention-output dense 24x24, intermediate 24->40, output 40->24; r (in + out)
     per_block = 2 * (4 * (24 + 24) + (24 + 40) + (40 + 24))
     assert f"LoRA parameters at r=2: {per_block:,} vs {3 * per_block:,} on all blocks" in capsys.readouterr().out
+
+
+def test_a_hub_model_while_offline_is_its_cached_snapshot_or_one_clear_line(tmp_path, monkeypatch, capsys):
+    """Without network a hub id resolves to its cached snapshot (no retries); one not cached fails at once."""
+    import huggingface_hub
+
+    from act_lora_fast.cli._args import model_location
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # huggingface.co unreachable, as hub_reachable() sees it
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = tmp_path / "models--some-org--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--some-org--tiny" / "refs").mkdir()
+    (tmp_path / "models--some-org--tiny" / "refs" / "main").write_text("abc123")
+    assert model_location("some-org/tiny") == str(snapshot)
+    assert main(["profile", "some-org/not-cached", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'some-org/not-cached' is neither a folder nor in the Hugging Face cache" in err

@@ -3,7 +3,7 @@ import os
 
 from ..method.profiling import METRICS
 from ..method.selection import STRATEGIES
-from ._args import csv_list, positive_int, target_modules
+from ._args import csv_list, model_location, positive_int, target_modules
 
 
 def add_commands(subparsers):
@@ -92,7 +92,7 @@ def run_profile(args):
 
     from ..method.calibration import load_examples, make_batches, sample_examples
     from ..method.profiling import profile_activations
-    from ..model.hf import load_backbone, resolve_model_path
+    from ..model.hf import load_backbone
 
     from ..train.outputs import check_output_dir
 
@@ -101,7 +101,7 @@ def run_profile(args):
             raise IsADirectoryError(f"{option} {target} is a directory; give a file path")
         if target:  # its folder: not a file, writable
             check_output_dir(os.path.dirname(os.path.abspath(target)), option=f"{option} {target}: folder")
-    path = resolve_model_path(args.model)
+    path = model_location(args.model)
     task = args.task if args.task is not None or args.data_dir is None else "sst2"
     examples = load_examples(data_dir=args.data_dir, task=task, text_file=args.text_file)  # before the model
     examples = sample_examples(examples, args.samples, args.seed)

@@ -4,11 +4,10 @@ import os
 
 from .. import _dist
 from ..functional import BACKENDS
-from ..model.hf import resolve_model_path
 from ..train.compare import (ACTIVATION_METRICS, BASELINES, DEFAULT_BASELINES, DEFAULT_RANDOM_DRAWS,
                              GRADIENT_WARMUP_STEPS)
 from ..train.config import PRECISIONS, SELECTIONS, TrainConfig
-from ._args import csv_floats, csv_list
+from ._args import csv_floats, csv_list, model_location
 
 
 class _Given(argparse.Action):
@@ -79,7 +78,7 @@ def _add_run_options(parser):
 
 def _config_from_args(args, **overrides):
     values = dict(
-        model=resolve_model_path(args.model), task=args.task, data_dir=args.data_dir,
+        model=model_location(args.model), task=args.task, data_dir=args.data_dir,
         output_dir=args.output_dir, calibration_samples=args.calibration_samples, r=args.r, alpha=args.alpha,
         dropout=args.dropout,
         target_modules=(args.target_modules if args.target_modules in (None, "all-linear")
@@ -216,7 +215,7 @@ def _demo(args):
     from ..train.outputs import removed_if_left_empty
 
     defaults = DemoConfig()
-    model = resolve_model_path(args.model) if args.model else None
+    model = model_location(args.model) if args.model else None
     config = DemoConfig(output_dir=args.output_dir, model=model, data_dir=args.data_dir, task=args.task,
                         fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
                         max_train_samples=args.max_train_samples or defaults.max_train_samples,

@@ -21,14 +21,14 @@ def test_select_refuses_a_model_with_another_number_of_blocks(capsys, tmp_path):
     assert "saving" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [["profile", "no-such-org/no-such-model", "--out"],
-                                     ["profile", "no-such-org/no-such-model", "--plot"],
-                                     ["stability", "--model", "no-such-org/no-such-model", "--out"]])
-def test_outputs_under_a_file_fail_before_any_work(capsys, tmp_path, command):
+@pytest.mark.parametrize("command", [["profile", "{unloadable}", "--out"],
+                                     ["profile", "{unloadable}", "--plot"],
+                                     ["stability", "--model", "{unloadable}", "--out"]])
+def test_outputs_under_a_file_fail_before_any_work(capsys, tmp_path, command, unloadable_model):
     """Issue 10.13: an output place that cannot be written is found first (not the model, not after)."""
     (tmp_path / "f").write_text("x")
     target = tmp_path / "f" / ("out" if command[0] == "stability" else "s.json")
-    code = cli_main([*command, str(target)])
+    code = cli_main([*[part.replace("{unloadable}", unloadable_model) for part in command], str(target)])
     err = capsys.readouterr().err
     assert code == 2 and str(tmp_path / "f") in err and "is a file" in err and "Traceback" not in err
 

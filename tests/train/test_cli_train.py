@@ -25,14 +25,15 @@ def _one_line(err):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_device_cuda_without_cuda_is_one_line(capsys, tmp_path):
-    code, err = _run(capsys, ["train", "--model", "no-such-org/no-such-model", "--device", "cuda", *QUICK])
+def test_device_cuda_without_cuda_is_one_line(capsys, tmp_path, unloadable_model):
+    code, err = _run(capsys, ["train", "--model", unloadable_model, "--device", "cuda", *QUICK])
     assert code == 2 and "CUDA is not available" in _one_line(err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_backend_triton_on_cpu_without_interpreter_is_one_line(capsys, tmp_path, kernels_not_interpreted):
-    code, err = _run(capsys, ["train", "--model", "no-such-org/no-such-model", "--backend", "triton", *QUICK])
+def test_backend_triton_on_cpu_without_interpreter_is_one_line(capsys, tmp_path, kernels_not_interpreted,
+                                                               unloadable_model):
+    code, err = _run(capsys, ["train", "--model", unloadable_model, "--backend", "triton", *QUICK])
     assert code == 2 and "TRITON_INTERPRET" in _one_line(err)
 
 
@@ -55,10 +56,10 @@ def test_ctrl_c_exits_130_without_traceback(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["file", "under-a-file"])
-def test_bad_output_dir_exits_2_before_any_work(capsys, tmp_path, where):
+def test_bad_output_dir_exits_2_before_any_work(capsys, tmp_path, where, unloadable_model):
     (tmp_path / "f").write_text("x")
     out = tmp_path / "f" if where == "file" else tmp_path / "f" / "run"
-    code, err = _run(capsys, ["train", "--model", "no-such-org/no-such-model", "--output-dir", str(out), *QUICK])
+    code, err = _run(capsys, ["train", "--model", unloadable_model, "--output-dir", str(out), *QUICK])
     assert code == 2 and str(out) in _one_line(err) and "model folder not found" not in err
 
 
@@ -101,19 +102,19 @@ def test_compare_without_tasks_or_variants_exits_2(capsys, tmp_path):
     assert code == 2 and "nothing to compare" in _one_line(err)
 
 
-def test_compare_refuses_an_earlier_compare_before_any_run(capsys, tmp_path):
+def test_compare_refuses_an_earlier_compare_before_any_run(capsys, tmp_path, unloadable_model):
     out = tmp_path / "cmp"
     (out / "activation-50pct").mkdir(parents=True)
     (out / "activation-50pct" / "report.json").write_text("{}")
     argv = ["compare", "--task", "sst2", "--fractions", "0.5", "--baselines", "",
-            "--model", "no-such-org/no-such-model", "--output-dir", str(out)]
+            "--model", unloadable_model, "--output-dir", str(out)]
     code, err = _run(capsys, argv)
     assert code == 2 and "activation-50pct" in _one_line(err) and "--overwrite" in err
 
 
-def test_demo_output_dir_that_is_a_file_fails_first(capsys, tmp_path):
+def test_demo_output_dir_that_is_a_file_fails_first(capsys, tmp_path, unloadable_model):
     (tmp_path / "f").write_text("x")
-    code, err = _run(capsys, ["demo", "--output-dir", str(tmp_path / "f"), "--model", "no-such-org/no-such-model"])
+    code, err = _run(capsys, ["demo", "--output-dir", str(tmp_path / "f"), "--model", unloadable_model])
     assert code == 2 and "is a file" in _one_line(err)
 
 
