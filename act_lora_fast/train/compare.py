@@ -587,6 +587,8 @@ def format_table(rows, title=None):
             f"{_fmt(row['peak_memory_bytes'] / 2**20 if row['peak_memory_bytes'] is not None else None, '.1f')} | "
             f"{row['lora_parameters']:,} | {_fmt(row.get('device_hours'), '.4f')} | "
             f"{_fmt(min(margins) if margins else None, '+.3f')} |")
+    lines += ["", "Δ: paired against all-layer LoRA (same seeds). margin: (lowest chosen − highest unchosen block "
+              "score) / mean score, the smallest over seeds; near 0 a tie-break picked the blocks."]
     return "\n".join(lines)
 
 
