@@ -594,3 +594,11 @@ def test_a_hub_model_while_offline_is_its_cached_snapshot_or_one_clear_line(tmp_
     assert main(["profile", "some-org/not-cached", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'some-org/not-cached' is neither a folder nor in the Hugging Face cache" in err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"act-lora {version('act-lora-fast')}\n"

@@ -17,11 +17,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("act-lora-fast")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser():
     parser = _Parser(
         prog="act-lora",
         description="Selective LoRA: profile activation norms, pick layers, fine-tune only those.",
     )
+    parser.add_argument("--version", action="version", version=f"act-lora {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in (method, train, bench):
         module.add_commands(subparsers)
