@@ -6,6 +6,7 @@ fused kernel's reduction), selects blocks by ``fraction`` / ``k`` / ``cumulative
 ``save_pretrained``, loading elsewhere) needs nothing from this package. `get_act_lora_model` also builds the
 ``PeftModel``, with our fused LoRA layers.
 """
+from .._checks import check_lora_hyperparameters
 from ..model.peft_layer import peft_patched
 from .profiling import profile_activations
 from .selection import select_layers
@@ -40,6 +41,8 @@ def act_lora_config(model, batches, *, fraction=None, k=None, cumulative=None, m
     if clashing:
         raise TypeError(f"act_lora_config sets {', '.join(clashing)} itself from the activation ranking; "
                         "choose the blocks with fraction, k or cumulative")
+    given = LoraConfig(**lora_kwargs)  # an unknown field or a bad rank fails now, not after the profiling
+    check_lora_hyperparameters(given.r, given.lora_alpha, given.lora_dropout, where="act_lora_config")
     scores = profile_activations(model, batches, target_modules=target_modules, metric=metric,
                                  max_batches=max_batches, progress=progress, blocks=blocks)
     layers = select_layers(scores, k=k, fraction=fraction, cumulative=cumulative)

@@ -120,3 +120,19 @@ def test_bad_input_is_named():
         act_lora_config(model, data, k=3)
     with pytest.raises(ValueError, match="unknown metric"):
         act_lora_config(model, data, k=1, metric="weight_norm")
+
+
+def test_lora_fields_are_checked_before_profiling(monkeypatch):
+    """A bad rank or an unknown LoraConfig field fails before the calibration batches are run."""
+    from act_lora_fast.method import peft_config
+
+    profiled = []
+    monkeypatch.setattr(peft_config, "profile_activations", lambda *a, **k: profiled.append(1))
+    model, data = tiny_llama(layers=2), batches(count=1)
+    with pytest.raises(ValueError, match="act_lora_config: r must be an int >= 1, got 0"):
+        act_lora_config(model, data, k=1, r=0)
+    with pytest.raises(ValueError, match="act_lora_config: dropout"):
+        act_lora_config(model, data, k=1, lora_dropout=1.5)
+    with pytest.raises(TypeError, match="no_such_field"):
+        act_lora_config(model, data, k=1, no_such_field=3)
+    assert not profiled
