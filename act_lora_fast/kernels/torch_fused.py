@@ -82,6 +82,17 @@ def update_sums(x_rowsq, dy_rowsq, token_mask=None):
     return torch.stack([product.mul_(weight).sum(), weight.sum()])
 
 
+def function_outputs(ctx, y, rowsq, compute_rowsq):
+    """What a LoRA autograd Function's forward returns: y alone (no placeholder output to allocate and mark),
+    or (y, rowsq) with rowsq marked as never getting a gradient, so no zeros are built for it (nor for an
+    unused y) before backward, whose dy may then be None."""
+    if not compute_rowsq:
+        return y
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(rowsq)
+    return y, rowsq
+
+
 def base_grads(ctx, dy, x2d):
     """dW = dyᵀ·x and db = Σ_t dy for a frozen base that a caller has made trainable (as nn.Linear does)."""
     d_weight = dy.t() @ x2d if ctx.needs_input_grad[1] else None
@@ -172,12 +183,7 @@ class TorchFusedLoRA(torch.autograd.Function):
         needs_x = ctx.needs_input_grad[3] or ctx.needs_input_grad[1]
         ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa_t,
                               rowsq if wants_update else None, token_mask if wants_update else None)
-        if not compute_rowsq:  # y alone: no placeholder output to allocate and mark
-            return y
-        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(rowsq)
-        return y, rowsq
+        return function_outputs(ctx, y, rowsq, compute_rowsq)
 
     @staticmethod
     def backward(ctx, dy, _drowsq=None):

@@ -8,7 +8,7 @@ A frozen base weight or bias that a caller has made trainable gets dW = dyᵀ·x
 """
 import torch
 
-from ..torch_fused import base_grads, update_sums
+from ..torch_fused import base_grads, function_outputs, update_sums
 from .backward import lora_backward
 from .forward import check_forward_inputs, lora_forward
 
@@ -34,12 +34,7 @@ class TritonLoRAFunction(torch.autograd.Function):
         else:
             ctx.save_for_backward(x2d if needs_x else None, weight, lora_A, lora_B, xa)
         ctx.scaling, ctx.dropout_p, ctx.seed = scaling, dropout_p, seed
-        if not compute_rowsq:  # y alone: no placeholder output to allocate and mark
-            return y
-        # rowsq never gets a gradient: no zeros for it (nor for an unused y) are built before backward.
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(rowsq)
-        return y, rowsq
+        return function_outputs(ctx, y, rowsq, compute_rowsq)
 
     @staticmethod
     def backward(ctx, dy, _drowsq=None):
