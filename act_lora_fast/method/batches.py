@@ -111,6 +111,15 @@ def align_mask(mask, lead_shape):
     return torch.zeros(lead_shape, dtype=torch.bool, device=mask.device)
 
 
+def batch_labels(model, batch, device, *, needed_by):
+    """The batch's checked labels (``labels`` or ``label``, see `check_labels`) on `device`; a ValueError naming
+    `needed_by` when the batch has none."""
+    key = next((k for k in LABEL_KEYS if k in batch), None)
+    if key is None:
+        raise ValueError(f"{needed_by} needs labels: batch keys are {sorted(batch)}, with no 'labels' or 'label'")
+    return check_labels(model, batch[key], key).to(device)
+
+
 def check_labels(model, labels, key):
     """The labels as a tensor; class ids of a classifier must lie in [0, num_labels) (or be -100, ignored)."""
     try:

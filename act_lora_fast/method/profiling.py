@@ -20,7 +20,7 @@ from ..layer import FastActLoRALinear
 from ..model.anatomy import (as_linear, find_blocks, is_conv1d, linear_shape, replace_module, target_linears,
                              unwrap_model)
 from ..model.hf import TASK_HEADS
-from .batches import LABEL_KEYS, align_mask, check_labels, iterate, model_device, model_inputs, token_mask
+from .batches import align_mask, batch_labels, iterate, model_device, model_inputs, token_mask
 from .scores import LayerScores
 
 METRICS = ("input_norm", "input_rms", "block_output")
@@ -248,10 +248,7 @@ def _warm_up_head(model, heads, batches, steps, lr, device):
     for step in range(steps):
         batch = batches[step % len(batches)]
         inputs = model_inputs(model, batch)
-        label_key = next((k for k in LABEL_KEYS if k in batch), None)
-        if label_key is None:
-            raise ValueError(f"the head warm-up needs labels: batch keys are {sorted(batch)}")
-        labels = check_labels(model, batch[label_key], label_key).to(device)
+        labels = batch_labels(model, batch, device, needed_by="the head warm-up")
         loss = _loss(model(**inputs, labels=labels))
         loss.backward()
         optimizer.step()
@@ -329,11 +326,7 @@ def profile_gradients(model, batches, *, seed=0, target_modules=None, max_batche
             weight.requires_grad_(True)
         for batch in iterate(batches, max_batches, progress, "profiling gradients"):
             inputs = model_inputs(model, batch)
-            label_key = next((k for k in LABEL_KEYS if k in batch), None)
-            if label_key is None:
-                raise ValueError(f"profile_gradients needs labels: batch keys are {sorted(batch)}, with no "
-                                 "'labels' or 'label'")
-            labels = check_labels(model, batch[label_key], label_key).to(device)
+            labels = batch_labels(model, batch, device, needed_by="profile_gradients")
             loss = _loss(model(**inputs, labels=labels))
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
             sq = torch.stack([g.detach().double().square().sum() if g is not None
@@ -402,11 +395,7 @@ def profile_updates(model, batches, *, seed=0, target_modules=None, max_batches=
         stack_ctx.callback(hook.remove)
         for batch in iterate(batches, max_batches, progress, "profiling update scores"):
             inputs = model_inputs(model, batch)
-            label_key = next((k for k in LABEL_KEYS if k in batch), None)
-            if label_key is None:
-                raise ValueError(f"the update score needs labels: batch keys are {sorted(batch)}, with no "
-                                 "'labels' or 'label'")
-            labels = check_labels(model, batch[label_key], label_key).to(device)
+            labels = batch_labels(model, batch, device, needed_by="the update score")
             current_mask[0] = token_mask(inputs)
             _loss(model(**inputs, labels=labels)).backward()
             tokens = current_mask[0].sum() if current_mask[0] is not None else 0

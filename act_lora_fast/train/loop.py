@@ -472,9 +472,9 @@ def _preflight(config):
 
 
 def _write_interrupted_report(config, run, stage, err):
-    """On Ctrl-C or an error once training has started, leave a ``report.json`` that says so. A run stopped
-    during setup (loading, profiling) has written nothing, and leaves nothing: it can simply be run again."""
-    if not config.output_dir or not _dist.is_main_process() or run is None:
+    """On Ctrl-C or an error once training has started, leave a ``report.json`` that says so. (A run stopped
+    during setup never gets here: it has written nothing and leaves nothing, see `removed_if_left_empty`.)"""
+    if not config.output_dir or not _dist.is_main_process():
         return
     reason = "KeyboardInterrupt" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
     report = run.progress_report(stage, reason)
