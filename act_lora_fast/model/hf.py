@@ -1,4 +1,4 @@
-"""Hugging Face models: where a named model lives, loading a sequence classifier, and its task head."""
+"""Hugging Face models: where a named model lives, loading a sequence classifier or a causal LM, the task head."""
 import contextlib
 import os
 
@@ -88,11 +88,26 @@ def load_classifier(model, *, num_labels=2, require_tokenizer=True):
         tokenizer = None
     with quiet_loading():
         net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    return _with_pad_token(net, tokenizer)
+
+
+def _with_pad_token(net, tokenizer):
     if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only models (GPT-2, Llama) ship without one
     if net.config.pad_token_id is None:
         net.config.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
     return net, tokenizer
+
+
+def load_causal_lm(model):
+    """A causal language model and its tokenizer (pad token ensured: the end-of-sequence token when it has none)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with quiet_loading():
+        net = AutoModelForCausalLM.from_pretrained(path)
+    return _with_pad_token(net, tokenizer)
 
 
 def head_modules(model, requested="auto", *, heads=TRAINED_HEADS):

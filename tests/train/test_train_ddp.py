@@ -21,6 +21,7 @@ WORKER = textwrap.dedent("""
     from act_lora_fast.model.hf import load_classifier
     from act_lora_fast.train import loop
     from act_lora_fast.train.distributed import DistributedContext, cleanup_distributed
+    from act_lora_fast.train.evaluate import evaluate
 
     writes = []
     real_write, real_save = loop.write_json, loop.save_adapter
@@ -36,7 +37,7 @@ WORKER = textwrap.dedent("""
     data = load_glue("sst2", data_dir)
     _, tokenizer = load_classifier(model_dir, num_labels=2)
     dev = {"dev": TokenizedDataset(data.eval["dev"], tokenizer, 32)}
-    local = loop.evaluate(result.model, dev, "sst2", ctx=DistributedContext())
+    local = evaluate(result.model, dev, "sst2", ctx=DistributedContext())
     record = {"rank": rank, "layers": result.report["selected_layers"], "devices": result.report["devices"],
               "scores": result.report["layer_scores"]["scores"], "metrics": result.report["metrics"],
               "local_metrics": local["metrics"], "writes": writes,
