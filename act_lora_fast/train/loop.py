@@ -351,6 +351,8 @@ class _Run:
             "eval_examples": {name: len(ds) for name, ds in self.eval_sets.items()},
             **best["metrics"],
             "score": best["score"],
+            "score_name": self.task.score_name,
+            "higher_is_better": self.task.higher_is_better,
             "metrics": best["metrics"],
             "metrics_by_split": best["by_split"],
             "best_epoch": best["epoch"],
