@@ -38,3 +38,11 @@ def unloadable_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("unloadable-model")
     (folder / "config.json").write_text("{}")
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A random tiny Llama folder (4 blocks, hidden 32) with a word-level tokenizer and a chat template."""
+    from tests.models import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

