@@ -94,7 +94,9 @@ def main(model_path, out, cli_args):
     from act_lora_fast.cli.main import main as cli_main
     from act_lora_fast.model import peft_layer
     from act_lora_fast.train import loop
-    from act_lora_fast.train.distributed import init_distributed, shard_model
+    from act_lora_fast.train.compare import run_compare
+    from act_lora_fast.train.distributed import (init_distributed, load_sharded_adapter_weights, save_sharded_adapter,
+                                                 shard_model)
 
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
@@ -161,6 +163,18 @@ def main(model_path, out, cli_args):
             record["errors"][what] = None
         except (TypeError, RuntimeError) as err:
             record["errors"][what] = f"{type(err).__name__}: {err}"
+
+    # ---- the FSDP run's saved adapter, loaded into a freshly sharded model's shards and gathered again
+    fresh, _ = load_causal_lm(model_path)
+    apply_act_lora(fresh, record["fsdp"]["selected_layers"], r=8, alpha=16, verbose=False)
+    shard_model(fresh)
+    load_sharded_adapter_weights(fresh, f"{out}/fsdp/adapter")
+    save_sharded_adapter(fresh, f"{out}/reloaded", ctx)
+
+    # ---- compare with FSDP2 training runs (profiles and timing on each rank's whole model)
+    result = run_compare(run_config(model_path, fsdp=True), fractions=[0.5], baselines=[], seeds=1, timing=False,
+                         output_dir=f"{out}/compare")
+    record["compare"] = [v["name"] for v in result.variants]
 
     # ---- the README's FSDP command as torchrun runs it (last: the command ends the process group)
     record["cli_exit"] = cli_main(cli_args)

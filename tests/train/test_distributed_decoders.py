@@ -86,6 +86,22 @@ def test_two_ranks_train_like_one_process(launched, single, engine):
                           load_file(reference_dir / "adapter" / WEIGHTS_NAME), **FP32)
 
 
+def test_a_saved_adapter_loads_into_shards_and_gathers_back(launched):
+    _, out = launched
+    saved = load_file(out / "fsdp" / "adapter" / WEIGHTS_NAME)
+    assert load_file(out / "reloaded" / WEIGHTS_NAME).keys() == saved.keys()
+    _assert_tensors_close(load_file(out / "reloaded" / WEIGHTS_NAME), saved, atol=0, rtol=0)
+
+
+def test_compare_trains_its_variants_with_fsdp(launched):
+    (rank0, rank1), out = launched
+    assert rank0["compare"] == rank1["compare"] == ["all", "activation@50%"]
+    compare = json.loads((out / "compare" / "compare.json").read_text())
+    assert compare["status"] == "complete" and compare["higher_is_better"] is False
+    assert all(run["score"] > 0 for variant in compare["variants"] for run in variant["runs"])
+    assert "eval loss ↓" in (out / "compare" / "compare.md").read_text()
+
+
 def test_fsdp_runs_the_fused_op_on_gathered_weights(launched):
     (rank0, rank1), _ = launched
     for record in (rank0, rank1):
