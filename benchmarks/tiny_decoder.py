@@ -166,6 +166,9 @@ def main(argv=None):
     model.add_argument("--pretrain-steps", type=int, default=0)
     model.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # the same numbers on any machine's CPU, and no contention on a shared one
     if args.command == "samples":
         print(write_samples(args.folder))
     else:

@@ -50,8 +50,8 @@ def _add_run_options(parser):
     lora.add_argument("--dropout", type=float, default=0.0, action=_Given)
     lora.add_argument("--target-modules", help="comma-separated module names, or 'all-linear' "
                                                "(default: the architecture's attention and MLP linears)")
-    lora.add_argument("--modules-to-save", help="comma-separated modules trained in full "
-                                                "(default: the classification head: classifier, pooler, ...)")
+    lora.add_argument("--modules-to-save", help="comma-separated modules trained in full (default: the "
+                                                "classification head: classifier, pooler, ...; none for --task text)")
     lora.add_argument("--backend", default="auto", choices=BACKENDS)
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=3)
@@ -71,9 +71,10 @@ def _add_run_options(parser):
     opt.add_argument("--eval-steps", type=int, help="also evaluate every N steps (the best adapter is kept)")
     opt.add_argument("--loraplus-lr-ratio", type=float,
                      help="LoRA+: lora_B's learning rate is this many times --lr (default: plain LoRA)")
-    scale = parser.add_argument_group("scale (under torchrun)")
+    scale = parser.add_argument_group("scale")
     scale.add_argument("--fsdp", action="store_true",
-                       help="shard with FSDP2 (fully_shard per block, then the root) instead of DDP's replicas")
+                       help="under torchrun: shard with FSDP2 (fully_shard per block, then the root) instead of DDP's "
+                            "replicas")
     scale.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false",
                        help="--fsdp: keep each block's gathered weights from forward to backward (more memory, "
                             "less communication)")
