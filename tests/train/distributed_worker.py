@@ -102,8 +102,10 @@ def main(model_path, out, cli_args):
     ctx = init_distributed("cpu")
     record = {"rank": ctx.rank, "fused_calls": {}, "errors": {}}
 
-    # ---- the trainer: DDP, then FSDP2 with the fused op watched; the test compares both with one process
-    record["ddp"] = summary(loop.train(run_config(model_path, output_dir=f"{out}/ddp")).report)
+    # ---- the trainer: DDP (with reentrant checkpointing: DDP's static graph), then FSDP2 with the fused op
+    # watched; the test compares both with one process (no checkpointing)
+    record["ddp"] = summary(loop.train(run_config(model_path, output_dir=f"{out}/ddp",
+                                                  gradient_checkpointing="reentrant")).report)
     with FusedCalls(layer_module).watching() as watched:
         record["fsdp"] = summary(loop.train(run_config(model_path, fsdp=True, output_dir=f"{out}/fsdp")).report)
     record["fsdp_fused"] = {"calls": watched.calls, "weight_types": sorted(watched.weight_types)}
