@@ -36,10 +36,10 @@ def flat_metrics(by_split):
     return {f"{split}_{name}": value for split, values in by_split.items() for name, value in values.items()}
 
 
-def _shard_batches(dataset, ctx, batch_size, split, *, lockstep, progress):
+def _split_logits(model, dataset, split, ctx, *, batch_size, amp_dtype, lockstep, progress):
     """This rank's share of `dataset` in batches by length (no compute spent on padding): yields
-    ``(indices, batch on the device)``. `lockstep` (an FSDP-sharded model, whose forward is a collective):
-    every rank runs as many batches as the rank with the most, the extra ones with ``indices`` empty."""
+    ``(indices, logits, labels)``. `lockstep` (an FSDP-sharded model, whose forward is a collective): every
+    rank runs as many batches as the rank with the most, the extra ones with ``indices`` empty."""
     indices = sorted(dist_utils.eval_shard(len(dataset), ctx), key=lambda i: len(dataset.features[i]["input_ids"]))
     chunks = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     rounds = int(dist_utils.max_over_ranks(len(chunks), ctx)) if lockstep else len(chunks)
@@ -49,8 +49,21 @@ def _shard_batches(dataset, ctx, batch_size, split, *, lockstep, progress):
         steps = tqdm(steps, desc=f"eval {split}", leave=False, dynamic_ncols=True)
     for step in steps:
         chunk = chunks[step] if step < len(chunks) else []
-        rows = chunk or (chunks[-1] if chunks else [0])
-        yield chunk, to_device(dataset.collate([dataset[i] for i in rows]), ctx.device)
+        batch = to_device(dataset.collate([dataset[i] for i in chunk or (chunks[-1] if chunks else [0])]), ctx.device)
+        labels = batch.pop("labels")
+        with autocast(amp_dtype, ctx.device):
+            logits = model(**batch).logits
+        yield chunk, logits, labels
+
+
+@contextlib.contextmanager
+def _evaluating(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _check_eval_sets(model, eval_sets, batch_size, kind, needs):
@@ -78,22 +91,17 @@ def evaluate(model, eval_sets, task, *, batch_size=64, ctx=None, amp_dtype=None,
     task = get_task(task)
     _check_eval_sets(model, eval_sets, batch_size, "TokenizedDataset", ("features", "labels", "collate"))
     ctx = ctx or dist_utils.DistributedContext(device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
+    options = dict(batch_size=batch_size, amp_dtype=amp_dtype, lockstep=lockstep, progress=progress)
     by_split = {}
-    try:
+    with _evaluating(model):
         for split, dataset in eval_sets.items():
             pairs = []
-            for chunk, batch in _shard_batches(dataset, ctx, batch_size, split, lockstep=lockstep, progress=progress):
-                batch.pop("labels")
-                with autocast(amp_dtype, ctx.device):
-                    logits = model(**batch).logits.float()
+            for chunk, logits, _ in _split_logits(model, dataset, split, ctx, **options):
+                logits = logits.float()
                 values = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
                 pairs.extend(zip(chunk, values.tolist()))  # an extra lockstep batch adds nothing
             predictions = dist_utils.gather_predictions([i for i, _ in pairs], [p for _, p in pairs], ctx)
             by_split[split] = compute_metrics(task, predictions, dataset.labels)
-    finally:
-        model.train(was_training)
     return {"metrics": flat_metrics(by_split), "by_split": by_split, "score": task_score(task, by_split)}
 
 
@@ -109,23 +117,17 @@ def evaluate_text(model, eval_sets, *, batch_size=64, ctx=None, amp_dtype=None, 
     """
     _check_eval_sets(model, eval_sets, batch_size, "TextDataset", ("features", "collate"))
     ctx = ctx or dist_utils.DistributedContext(device=next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
+    options = dict(batch_size=batch_size, amp_dtype=amp_dtype, lockstep=lockstep, progress=progress)
     by_split = {}
-    try:
+    with _evaluating(model):
         for split, dataset in eval_sets.items():
             totals = torch.zeros(2, dtype=torch.float64)
-            for chunk, batch in _shard_batches(dataset, ctx, batch_size, split, lockstep=lockstep, progress=progress):
-                labels = batch.pop("labels")
-                with autocast(amp_dtype, ctx.device):
-                    logits = model(**batch).logits
+            for chunk, logits, labels in _split_logits(model, dataset, split, ctx, **options):
                 if chunk:
                     loss_sum, count = token_loss_sum(logits, labels)
                     totals += torch.tensor([float(loss_sum), float(count)], dtype=torch.float64)
             totals = dist_utils.sum_over_ranks(totals, ctx)
             loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
             by_split[split] = {"loss": loss, "perplexity": perplexity(loss)}
-    finally:
-        model.train(was_training)
     score = sum(values["loss"] for values in by_split.values()) / len(by_split)
     return {"metrics": flat_metrics(by_split), "by_split": by_split, "score": score}
