@@ -38,7 +38,7 @@ from ..method.selection import select_layers
 from ..model.adapters import load_adapter, save_adapter
 from ..model.anatomy import find_blocks
 from ..model.hf import head_modules, load_classifier
-from ..model.inject import apply_act_lora, match_modules_to_save
+from ..model.inject import apply_act_lora, apply_head_only, match_modules_to_save
 from . import distributed as dist_utils
 from .config import TrainConfig, TrainResult
 from .evaluate import autocast, autocast_dtype, evaluate, to_device
@@ -69,7 +69,7 @@ def calibration_batches(dataset, config, ctx):
 # ---------------------------------------------------------------------------------------------- selection
 def needs_profile(config):
     """Whether `config`'s selection needs block scores (positional baselines don't, unless cumulative)."""
-    if config.selection == "all":
+    if config.selection in ("all", "none"):
         return False
     return config.selection in ("activation", "gradient", "bottom") or config.cumulative is not None
 
@@ -86,6 +86,8 @@ def choose_layers(model, config, calibration, ctx, *, scores=None):
     n_blocks = len(find_blocks(model).blocks)
     if config.selection == "all":
         return list(range(n_blocks)), None, 0.0
+    if config.selection == "none":
+        return [], None, 0.0
     if config.selection == "fixed":
         return check_layers(config.layers, n_blocks), None, 0.0
     seconds = 0.0
@@ -177,7 +179,9 @@ class _Run:
         self._build_training()
         self.output_dir = config.output_dir
         self.adapter_dir = (os.path.join(config.output_dir, "adapter")
-                            if config.output_dir and config.save_adapter else None)
+                            if config.output_dir and config.save_adapter and self.layers else None)
+        if config.output_dir and config.save_adapter and not self.layers:
+            self._note("selection 'none' trains only the head: there is no LoRA adapter to save")
         self.history, self.losses = [], []
         self.best = None
         self.train_seconds = self.eval_seconds = 0.0
@@ -198,10 +202,12 @@ class _Run:
                                                                        scores=cached)
         self.reused_profile = cached is not None and self.scores is cached
         set_seed(config.seed)  # the adapter's init must not depend on how much profiling drew from the RNG
+        heads = head_modules(model, "auto" if config.modules_to_save is None else config.modules_to_save)
+        if not self.layers:
+            apply_head_only(model, modules_to_save=heads, r=config.r, alpha=config.alpha, dropout=config.dropout)
+            return
         apply_act_lora(model, self.layers, target_modules=config.target_modules, r=config.r, alpha=config.alpha,
-                       dropout=config.dropout, modules_to_save=head_modules(model, "auto" if config.modules_to_save is None
-                                                     else config.modules_to_save),
-                       backend=config.backend, verbose=False)
+                       dropout=config.dropout, modules_to_save=heads, backend=config.backend, verbose=False)
 
     def _resume(self):
         """Load ``resume_from``: its layers, rank, alpha, dropout (the config's are not used: warned when they
