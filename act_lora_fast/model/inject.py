@@ -140,6 +140,26 @@ def apply_act_lora(model, layers, *, target_modules=None, r=8, alpha=16, dropout
     return model
 
 
+def apply_head_only(model, *, modules_to_save, r=8, alpha=16, dropout=0.0):
+    """The head-only baseline: freeze the model but `modules_to_save` (no LoRA anywhere). The model gets an
+    ``act_lora_config`` with no layers, so training reports it like any other run."""
+    inner = unwrap_model(model)
+    check_materialised(inner, "apply_head_only")
+    saved = match_modules_to_save(inner, list(modules_to_save or []))
+    if not saved:
+        raise ValueError("the head-only baseline needs modules_to_save (the head to train); none matched")
+    for param in inner.parameters():
+        param.requires_grad_(False)
+    for module in saved.values():
+        for param in module.parameters():
+            param.requires_grad_(True)
+    stack = find_blocks(inner)
+    inner.act_lora_config = ActLoRAConfig(r=r, alpha=alpha, dropout=float(dropout), layers=[],
+                                          block_path=stack.path, layers_pattern=stack.layers_pattern,
+                                          modules_to_save=list(modules_to_save))
+    return model
+
+
 def parameter_report(model, *, target_modules=None, blocks=None):
     """One line: LoRA parameters vs all-layer LoRA's, and trainable vs all parameters."""
     model = unwrap_model(model)

@@ -26,7 +26,7 @@ def calibration_batches(dataset, config, ctx):
 
 def needs_profile(config):
     """Whether `config`'s selection needs block scores (positional baselines don't, unless cumulative)."""
-    if config.selection == "all":
+    if config.selection in ("all", "none"):
         return False
     return config.selection in ("activation", "gradient", "bottom") or config.cumulative is not None
 
@@ -43,6 +43,8 @@ def choose_layers(model, config, calibration, ctx, *, scores=None):
     n_blocks = len(find_blocks(model).blocks)
     if config.selection == "all":
         return list(range(n_blocks)), None, 0.0
+    if config.selection == "none":
+        return [], None, 0.0
     if config.selection == "fixed":
         return check_layers(config.layers, n_blocks), None, 0.0
     seconds = 0.0

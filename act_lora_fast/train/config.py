@@ -12,7 +12,7 @@ from ..data.text import TEXT_TASK
 from ..functional import check_backend_name
 from ..model.targets import check_target_modules
 
-SELECTIONS = ("all", "activation", "gradient", "random", "bottom", "first", "last", "fixed")
+SELECTIONS = ("all", "activation", "gradient", "random", "bottom", "first", "last", "fixed", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINTING = ("non-reentrant", "reentrant")
 
@@ -26,7 +26,8 @@ class TrainConfig:
     ``"all"`` (LoRA in every block), ``"activation"`` (Act-LoRA: the blocks with the largest input activation
     norms), ``"gradient"`` (largest gradient norms), ``"random"``, ``"bottom"`` (smallest activation norms),
     ``"first"`` / ``"last"`` (the lowest / topmost blocks of the stack), ``"fixed"`` (exactly the block
-    indices in ``layers``, chosen beforehand, e.g. by `compare`). How many: ``k`` blocks, a
+    indices in ``layers``, chosen beforehand, e.g. by `compare`), ``"none"`` (no LoRA at all: only the
+    head, ``modules_to_save``, trains; the head-only baseline). How many: ``k`` blocks, a
     ``fraction`` of them, or the fewest covering a ``cumulative`` share of the total score. Left as None it
     is ``"activation"`` when k/fraction/cumulative is given, else ``"all"``.
     """
@@ -115,10 +116,10 @@ class TrainConfig:
             if not self.layers or len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"layers must be distinct block indices, at least one, got {self.layers}")
             self.layers = sorted(self.layers)
-        elif self.selection != "all" and not given:
+        elif self.selection not in ("all", "none") and not given:
             raise ValueError(f"selection {self.selection!r} needs k, fraction or cumulative")
-        if self.selection == "all" and given:
-            raise ValueError(f"selection 'all' takes no {given[0]}")
+        if self.selection in ("all", "none") and given:
+            raise ValueError(f"selection {self.selection!r} takes no {given[0]}")
         check_int("k", self.k, 1, optional=True)
         check_fraction("fraction", self.fraction, optional=True)
         check_fraction("cumulative", self.cumulative, optional=True)
@@ -186,6 +187,8 @@ class TrainConfig:
             return "resumed"
         if self.selection == "all":
             return "all"
+        if self.selection == "none":
+            return "head-only"
         if self.selection == "fixed":
             return "fixed:" + ",".join(map(str, self.layers))
         if self.fraction is not None:

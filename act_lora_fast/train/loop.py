@@ -34,7 +34,7 @@ from ..layer import FastActLoRALinear
 from ..measure.accounting import StepProfiler, trainable_parameters
 from ..model.adapters import load_adapter, save_adapter
 from ..model.anatomy import find_blocks
-from ..model.inject import apply_act_lora, match_modules_to_save
+from ..model.inject import apply_act_lora, apply_head_only, match_modules_to_save
 from . import distributed as dist_utils
 from .blocks import calibration_batches, choose_layers, needs_profile, profile_kind, scores_report
 from .config import TrainConfig, TrainResult
@@ -149,7 +149,9 @@ class _Run:
         self._build_training()
         self.output_dir = config.output_dir
         self.adapter_dir = (os.path.join(config.output_dir, "adapter")
-                            if config.output_dir and config.save_adapter else None)
+                            if config.output_dir and config.save_adapter and self.layers else None)
+        if config.output_dir and config.save_adapter and not self.layers:
+            self._note("selection 'none' trains only the head: there is no LoRA adapter to save")
         self.history, self.losses = [], []
         self.best = None
         self.train_seconds = self.eval_seconds = 0.0
@@ -169,9 +171,12 @@ class _Run:
                                                                        scores=cached)
         self.reused_profile = cached is not None and self.scores is cached
         set_seed(config.seed)  # the adapter's init must not depend on how much profiling drew from the RNG
+        heads = self.task.heads(model, config)
+        if not self.layers:
+            apply_head_only(model, modules_to_save=heads, r=config.r, alpha=config.alpha, dropout=config.dropout)
+            return
         apply_act_lora(model, self.layers, target_modules=config.target_modules, r=config.r, alpha=config.alpha,
-                       dropout=config.dropout, modules_to_save=self.task.heads(model, config), backend=config.backend,
-                       verbose=False)
+                       dropout=config.dropout, modules_to_save=heads, backend=config.backend, verbose=False)
 
     def _resume(self):
         """Load ``resume_from``: its layers, rank, alpha, dropout (the config's are not used: warned when they
