@@ -13,7 +13,7 @@ from act_lora_fast.model.inject import apply_act_lora, lora_modules
 from act_lora_fast.train import tasks
 from act_lora_fast.train.config import TrainConfig
 from act_lora_fast.train.loop import train
-from tests.models import EVAL_TEXT, TRAIN_TEXT, tiny_model, token_batch
+from tests.models import EVAL_TEXT, TRAIN_TEXT, tiny_model, token_batch, write_tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = dict(epochs=1, batch_size=8, max_seq_len=40, max_train_samples=32, max_eval_samples=16, progress=False,
@@ -162,3 +162,13 @@ def test_training_with_checkpointing_equals_training_without(llama):
     a, b = _lora_weights(plain.model), _lora_weights(checkpointed.model)
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5)
+
+
+def test_the_ablation_runs_on_a_decoder(tmp_path):
+    """A causal LM has no head: every ablation run trains LoRA (no head-only run); scores are eval losses."""
+    from act_lora_fast.train.ablation import run_ablation
+
+    two_blocks = write_tiny_llama(tmp_path / "llama", layers=2)
+    result = run_ablation(_config(two_blocks, fraction=None), seeds=1, progress=False)["text"]
+    assert [run["blocks"] for run in result["runs"]] == [[0], [1], [0, 1]]
+    assert all(run["score"] == run["metrics"]["loss"] > 0 for run in result["runs"])
