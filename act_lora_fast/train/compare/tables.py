@@ -53,9 +53,19 @@ def format_table(rows, title=None, *, score_name="score", higher_is_better=True)
     return "\n".join(lines)
 
 
-def plot_compare(rows, path, title=None, *, score_name="score"):
+def pareto_front(rows, *, higher_is_better=True):
+    """The rows no other row beats on both mean step time (lower) and mean score (higher, or lower for a loss),
+    fastest first."""
+    sign = 1 if higher_is_better else -1
+    front = [row for row in rows if not any(
+        o is not row and o["step_ms"] <= row["step_ms"] and sign * o["score"] >= sign * row["score"]
+        and (o["step_ms"] < row["step_ms"] or o["score"] != row["score"]) for o in rows)]
+    return sorted(front, key=lambda row: row["step_ms"])
+
+
+def plot_compare(rows, path, title=None, *, score_name="score", higher_is_better=True):
     """Score (mean ± 95 % CI over seeds) against median step time, one point per variant; the Pareto front
-    (no other variant both faster and better on the mean) is drawn as a line."""
+    (no other variant both faster and better on the mean; better is lower for a loss) is drawn as a line."""
     fig, (ax,) = new_figure(1, width=7, height=4.5)
     points = [row for row in rows if row["score"] is not None and row["step_ms"] is not None]
     for index, row in enumerate(points):
@@ -67,10 +77,7 @@ def plot_compare(rows, path, title=None, *, score_name="score"):
         ax.errorbar(row["step_ms"], row["score"], yerr=yerr, fmt=marker, capsize=3, ms=6)
         ax.annotate(row["variant"], (row["step_ms"], row["score"]), fontsize=7,
                     xytext=(5, 4) if index % 2 == 0 else (5, -10), textcoords="offset points")
-    front = [row for row in points if not any(
-        o is not row and o["step_ms"] <= row["step_ms"] and o["score"] >= row["score"]
-        and (o["step_ms"] < row["step_ms"] or o["score"] > row["score"]) for o in points)]
-    front.sort(key=lambda row: row["step_ms"])
+    front = pareto_front(points, higher_is_better=higher_is_better)
     if len(front) > 1:
         ax.plot([r["step_ms"] for r in front], [r["score"] for r in front], "--", color="gray", lw=1,
                 label="Pareto front (means)")
@@ -86,4 +93,5 @@ def write_compare_outputs(outcome, output_dir, *, stem="compare"):
     write_json(os.path.join(output_dir, f"{stem}.json"), outcome.to_json() if outcome.variants else
                {"task": outcome.task, "data_source": outcome.data_source, "rows": outcome.rows, **outcome.meta})
     plot_compare(outcome.rows, os.path.join(output_dir, f"{stem}.png"), title=outcome.task,
-                 score_name=outcome.meta.get("score_name", "score"))
+                 score_name=outcome.meta.get("score_name", "score"),
+                 higher_is_better=outcome.meta.get("higher_is_better", True))
