@@ -4,7 +4,8 @@
 
 Runs tests/train/distributed_worker.py once under ``torchrun --nproc-per-node 2`` (gloo) on the tests' tiny random
 Llama (4 blocks, hidden 32) and the shipped instruction set, the same runs in one process (batch 8 = the ranks'
-4 + 4), and prints the largest differences: per-step training loss, evaluation loss, the saved adapter, one step's
+4 + 4), and prints the largest differences: per-step training loss, evaluation loss and the saved adapter of the
+trainer (DDP with reentrant activation checkpointing, FSDP2 without; one process without), one step's
 LoRA gradients (with FSDP2 resharding after forward or not, bf16 weights, PEFT's layers under ``patch_peft()``),
 and activation checkpointing against none with LoRA dropout on. tests/train/test_distributed_decoders.py asserts
 the same comparisons within its stated tolerances.
@@ -85,7 +86,7 @@ def main(argv=None):
         return load_file(os.path.join(out, f"grads-{name}.safetensors"))
 
     rows = []
-    for engine, label in (("ddp", "DDP"), ("fsdp", "FSDP2")):
+    for engine, label in (("ddp", "DDP, reentrant checkpointing"), ("fsdp", "FSDP2")):
         run = record[engine]
         rows.append((f"training loss, 4 steps ({label} − 1 process)",
                      _gap([s["loss"] for s in run["loss_curve"]], [s["loss"] for s in single["loss_curve"]])))
