@@ -57,6 +57,7 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_first(held, argv,
 
 
 def test_the_library_entry_points_take_the_lock(held, unloadable_model):
+    from act_lora_fast.train.ablation import run_ablation
     from act_lora_fast.train.compare import run_compare
     from act_lora_fast.train.loop import train
 
@@ -66,6 +67,8 @@ def test_the_library_entry_points_take_the_lock(held, unloadable_model):
         train(config)
     with pytest.raises(FolderInUseError, match="in use"):
         run_compare(TrainConfig(model=unloadable_model), fractions=(0.5,), baselines=(), output_dir=str(out))
+    with pytest.raises(FolderInUseError, match="in use"):
+        run_ablation(TrainConfig(model=unloadable_model), output_dir=str(out))
     holder.stdin.close()  # the first run ends: its lock file goes with it, and the folder is free
     holder.wait(timeout=60)
     assert sorted(os.listdir(out)) == ["compare.json"]
