@@ -146,17 +146,28 @@ def _pid_alive(pid):
     return True
 
 
-def _dead_saves(path):
+def _dead_saves(path, names=None):
     """The temporary folders that saves to `path` left when they died: ``.<name>.<pid>.<random>.tmp`` (the
     new contents being written) and ``.old`` (the previous contents being retired) of processes no longer
-    running, or of this one (a save in this process that was cut short)."""
+    running, or of this one (a save in this process that was cut short). Only folders that hold what such
+    a save leaves (some of `names`; the retired folder `name`) are counted: never a folder of the user's."""
     parent, name = os.path.split(os.path.abspath(path))
-    pattern = re.compile(rf"\.{re.escape(name)}\.(?:(\d+)\.)?[a-z0-9_]+\.(tmp|old)")
+    if not os.path.isdir(parent):
+        return []
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.(tmp|old)")
     found = []
     for entry in os.listdir(parent):
         match = pattern.fullmatch(entry)
-        if match and not (match[1] and int(match[1]) != os.getpid() and _pid_alive(int(match[1]))):
-            found.append(os.path.join(parent, entry))
+        if not match or (match[1] and int(match[1]) != os.getpid() and _pid_alive(int(match[1]))):
+            continue
+        folder = os.path.join(parent, entry)
+        try:
+            inside = set(os.listdir(folder))
+        except OSError:
+            continue
+        expected = {name} if match[2] == "old" else set(names or inside)
+        if inside <= expected:
+            found.append(folder)
     return found
 
 
@@ -187,7 +198,7 @@ def write_folder(path, write, *, names, what="folder"):
     try:
         os.makedirs(parent, exist_ok=True)
         recover_folder(path)
-        for leftover in _dead_saves(path):
+        for leftover in _dead_saves(path, names):
             shutil.rmtree(leftover, ignore_errors=True)
         staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
         write(staging)

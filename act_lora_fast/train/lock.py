@@ -46,8 +46,10 @@ def _describe_holder(lock_file):
 
 
 def _acquire(path, option):
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return _unlocked(path, option)
     lock_file = os.path.join(path, LOCK_NAME)
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -60,9 +62,7 @@ def _acquire(path, option):
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                warnings.warn(f"{option} {path}: the file system offers no locks, so nothing keeps a second run "
-                              "from writing into this folder at the same time", UserWarning, stacklevel=4)
-                return None
+                return _unlocked(path, option)
             raise
         try:  # the previous holder may have removed the file between our open and our lock: lock the new one
             current = os.stat(lock_file)
@@ -74,6 +74,12 @@ def _acquire(path, option):
     os.ftruncate(fd, 0)
     os.write(fd, _holder_text().encode())
     return fd
+
+
+def _unlocked(path, option):
+    warnings.warn(f"{option} {path}: this system or file system offers no file locks, so nothing keeps a second "
+                  "run from writing into this folder at the same time", UserWarning, stacklevel=5)
+    return None
 
 
 @contextlib.contextmanager

@@ -81,11 +81,12 @@ def stop_on_signals():
         _state.depth -= 1
         if _state.depth == 0:
             _restore(previous)
+            _state.received.clear()  # a later run in this process starts afresh
 
 
 def stop_requested():
-    """The number of the first stop signal received within `stop_on_signals`, or None."""
-    return _state.received[0] if _state.received else None
+    """The number of the first stop signal received within `stop_on_signals`, or None (also outside it)."""
+    return _state.received[0] if _state.received and _state.depth else None
 
 
 def raise_if_stopped():
@@ -100,8 +101,8 @@ def raise_if_stopped():
 def shielded():
     """Within the block SIGINT and SIGTERM are noted, not raised: for writing the record of a stop, which a
     second Ctrl-C must not cut short. Outside `stop_on_signals` (the library called from Python, on the
-    main thread) Python's handlers are set aside for the block and signals in it are dropped: the stop
-    being recorded is already under way."""
+    main thread) Python's handlers are set aside for the block: a Ctrl-C in it joins the stop being
+    recorded, any other signal is delivered again after it."""
     previous = _install() if _state.depth == 0 else None
     _state.shield += 1
     try:
@@ -110,7 +111,11 @@ def shielded():
         _state.shield -= 1
         if previous is not None:
             _restore(previous)
+            held = list(dict.fromkeys(_state.received))
             _state.received.clear()
+            for signum in held:  # SIGTERM gets its own handling now; a repeated Ctrl-C joins the stop under way
+                if signum != signal.SIGINT:
+                    signal.raise_signal(signum)
 
 
 def stop_reason(error):

@@ -96,8 +96,12 @@ def test_a_killed_save_leaves_a_complete_adapter_and_the_next_save_cleans_up(two
         os.waitpid(child, 0)
         loaded = _loaded_logits(base, path)
         assert any(torch.equal(loaded, e) for e in expected), f"kill {kill}: neither adapter at the path"
+    (tmp_path / ".adapter.backup01.old").mkdir()  # look like a save's leftovers, hold the user's files: kept
+    (tmp_path / ".adapter.backup01.old" / "notes.txt").write_text("mine")
+    (tmp_path / ".adapter.12345678.tmp").mkdir()
+    (tmp_path / ".adapter.12345678.tmp" / "model.bin").write_text("mine")
     save_adapter(new, path)
-    assert sorted(os.listdir(tmp_path)) == ["adapter"]
+    assert sorted(os.listdir(tmp_path)) == [".adapter.12345678.tmp", ".adapter.backup01.old", "adapter"]
     torch.testing.assert_close(_loaded_logits(base, path), _logits(new), rtol=0, atol=0)
 
 

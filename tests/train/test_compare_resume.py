@@ -51,7 +51,7 @@ def interrupted_then_resumed(tiny_model, sst2_dir, tmp_path_factory):
         real_step(self)
         if state["armed"] and len(trained) == 2:
             state["armed"] = False
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run, "train", recording_train)

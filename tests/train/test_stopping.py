@@ -30,7 +30,7 @@ def _kill_self_at_step(monkeypatch, signum, step):
         original(self)
         calls.append(1)
         if len(calls) == step:
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)
 
     monkeypatch.setattr(loop._Run, "_optimizer_step", step_then_signal)
 
@@ -39,16 +39,18 @@ def test_signals_raise_once_and_are_remembered():
     with signals.stop_on_signals():
         assert signals.stop_requested() is None
         with pytest.raises(signals.Stopped) as caught:
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
         assert caught.value.exit_code == 143 and isinstance(caught.value, KeyboardInterrupt)
-        os.kill(os.getpid(), signal.SIGINT)  # within the grace of the first: noted, not raised
+        signal.raise_signal(signal.SIGINT)  # within the grace of the first: noted, not raised
         assert signals.stop_requested() == signal.SIGTERM
         signals._state.raised_at = None
         with signals.shielded():
-            os.kill(os.getpid(), signal.SIGINT)  # shielded: noted, not raised
+            signal.raise_signal(signal.SIGINT)  # shielded: noted, not raised
         with pytest.raises(signals.Stopped):  # the checkpoint raises the stop again
             signals.raise_if_stopped()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are Python's again
+    signals.raise_if_stopped()  # outside stop_on_signals a stop of an earlier command is forgotten
+    assert signals.stop_requested() is None
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signals.stop_reason(signals.Stopped(signal.SIGTERM)) == "SIGTERM"
     assert signals.stop_reason(KeyboardInterrupt()) == "KeyboardInterrupt"
@@ -63,7 +65,7 @@ def test_a_second_ctrl_c_while_the_report_is_written_changes_nothing(capsys, tin
 
     def write_after_another_ctrl_c(path, obj):
         signals._state.raised_at = None  # as if the user waited past the grace: only the shield protects
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         writes.append(path)
         return real_write(path, obj)
 
@@ -88,7 +90,7 @@ def test_sigterm_is_treated_like_ctrl_c(tiny_model, sst2_dir, tmp_path):
         original = loop._Run._optimizer_step
         def step_then_term(self):
             original(self)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
         loop._Run._optimizer_step = step_then_term
         from act_lora_fast.cli.main import main
         sys.exit(main({["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", str(out),
@@ -112,7 +114,7 @@ def test_an_early_ctrl_c_that_is_swallowed_still_stops_compare(capsys, tiny_mode
 
     def load_while_a_finaliser_swallows_ctrl_c(*args, **kwargs):
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         except KeyboardInterrupt:
             pass  # what a __del__ does with it
         return real_load(*args, **kwargs)
