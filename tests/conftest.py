@@ -60,5 +60,6 @@ def _no_default_output_folder_left_in_the_cwd(request):
     cwd = os.getcwd()
     before = set(os.listdir(cwd))
     yield
-    left = [name for name in _default_output_folders() if name not in before and os.path.exists(os.path.join(cwd, name))]
+    left = [name for name in _default_output_folders()
+            if name not in before and os.path.exists(os.path.join(cwd, name))]
     assert not left, f"{request.node.nodeid} left {left} in {cwd}: chdir to tmp_path (monkeypatch.chdir)"

@@ -147,7 +147,8 @@ def test_train_without_output_dir_says_nothing_will_be_saved(capsys, tiny_model,
 
 
 def test_train_under_a_file_size_limit_is_one_line_exit_2(tiny_model, sst2_dir, tmp_path):
-    """Issue 21.11: a run whose adapter cannot be written (a full disk, a file-size limit) ends with one line and exit 2, no traceback."""
+    """Issue 21.11: a run whose adapter cannot be written (a full disk, a file-size limit) ends with one line
+    and exit 2, no traceback."""
     out = tmp_path / "run"
     argv = ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", str(out), "--epochs", "1",
             "--max-train-samples", "16", "--max-eval-samples", "8", "--max-seq-len", "16", "--no-progress",

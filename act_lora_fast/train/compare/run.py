@@ -203,8 +203,8 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                         meta["completed_runs"] += 1
                         continue
                     if key in trained:  # same seed, same blocks, same everything: the same run (training is seeded)
-                        runs.setdefault(spec.name, []).append({**{k: v for k, v in trained[key].items() if k != "variant"},
-                                                               "draw": entry["draw"],
+                        same = {k: v for k, v in trained[key].items() if k != "variant"}
+                        runs.setdefault(spec.name, []).append({**same, "draw": entry["draw"],
                                                                "same_run_as": trained[key]["variant"]})
                         meta["completed_runs"] += 1
                         continue
