@@ -42,8 +42,10 @@ from ..model.inject import apply_act_lora, apply_head_only, match_modules_to_sav
 from . import distributed as dist_utils
 from .config import TrainConfig, TrainResult
 from .evaluate import autocast, autocast_dtype, evaluate, to_device
-from .outputs import claim_output_dir, removed_if_left_empty
+from .lock import output_dir_lock
+from .outputs import claim_output_dir, earlier_outputs
 from .plots import plot_run
+from .signals import raise_if_stopped, shielded, stop_reason
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +284,9 @@ class _Run:
             logger.info(f"epoch {epoch} step {self.step}: train loss {train_loss:.4f}, {shown}, "
                         f"score {result['score']:.2f}")
         if self.best is None or result["score"] > self.best["score"]:
-            self.best = {"epoch": epoch, "step": self.step, **result}
-            if self.adapter_dir and ctx.is_main:
+            if self.adapter_dir and ctx.is_main:  # saved first: a failed save leaves best at the adapter on disk
                 save_adapter(self.model, self.adapter_dir, base_model_name_or_path=config.model)
+            self.best = {"epoch": epoch, "step": self.step, **result}
         dist_utils.barrier(ctx)
         seconds = time.perf_counter() - eval_start
         self.eval_seconds += seconds
@@ -303,6 +305,7 @@ class _Run:
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True)
         step_tokens = 0
         for micro, batch in enumerate(batches):
+            raise_if_stopped()  # a Ctrl-C that a finaliser swallowed still stops the run here
             batch = to_device(batch, ctx.device)
             boundary = (micro + 1) % config.grad_accum_steps == 0 or micro + 1 == len(loader)
             sync = contextlib.nullcontext() if boundary or not ctx.is_distributed else self.train_model.no_sync()
@@ -437,9 +440,14 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
     if layer_scores is not None and not isinstance(layer_scores, dict):
         raise TypeError(f"layer_scores must be a dict {{'activation'|'gradient': LayerScores}}, got "
                         f"{type(layer_scores).__name__}")
-    with removed_if_left_empty(config.output_dir if _dist.is_main_process() else None):
-        _preflight(config)
-        run = _Run(config, model, tokenizer, data, layer_scores)
+    folder = config.output_dir if _dist.is_main_process() else None
+    with output_dir_lock(folder):  # one run per folder; a run stopped during setup leaves no folder
+        return _train(config, model, tokenizer, data, layer_scores)
+
+
+def _train(config, model, tokenizer, data, layer_scores):
+    _preflight(config)
+    run = _Run(config, model, tokenizer, data, layer_scores)
     stage = "training"
     try:
         for epoch in range(config.epochs):
@@ -452,7 +460,8 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
                 report["plots"] = plot_run(report, run.output_dir, scores=run.scores)
             write_json(os.path.join(run.output_dir, "report.json"), report)
     except BaseException as err:
-        _write_interrupted_report(config, run, stage, err)
+        with shielded():  # a second Ctrl-C must not cut the report short
+            _write_interrupted_report(config, run, stage, err)
         raise
     dist_utils.barrier(run.ctx)
     if run.adapter_dir and run.best["step"] != run.step:
@@ -474,16 +483,28 @@ def _preflight(config):
     except RuntimeError as err:
         raise ValueError(f"backend {config.backend!r} on {device.type}: {err}") from None
     if config.output_dir and _dist.is_main_process():
+        if config.overwrite and config.resume_from is not None:
+            _check_resume_source_kept(config)
         claim_output_dir(config.output_dir, overwrite=config.overwrite)
+
+
+def _check_resume_source_kept(config):
+    """`overwrite` deletes the earlier run's outputs before anything is loaded: never the adapter to resume."""
+    source = os.path.realpath(config.resume_from)
+    for name in earlier_outputs(config.output_dir):
+        doomed = os.path.realpath(os.path.join(config.output_dir, name))
+        if source == doomed or source.startswith(doomed + os.sep):
+            raise ValueError(f"resume_from {config.resume_from} is the earlier run's {name} in output_dir "
+                             f"{config.output_dir}, which overwrite=True would delete before it is read; copy "
+                             "the adapter elsewhere first, or write to another output folder")
 
 
 def _write_interrupted_report(config, run, stage, err):
     """On Ctrl-C or an error once training has started, leave a ``report.json`` that says so. (A run stopped
-    during setup never gets here: it has written nothing and leaves nothing, see `removed_if_left_empty`.)"""
+    during setup never gets here: it has written nothing and leaves nothing, see `output_dir_lock`.)"""
     if not config.output_dir or not _dist.is_main_process():
         return
-    reason = "KeyboardInterrupt" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-    report = run.progress_report(stage, reason)
+    report = run.progress_report(stage, stop_reason(err))
     try:
         write_json(os.path.join(config.output_dir, "report.json"), report)
     except OSError:
