@@ -1,3 +1,5 @@
+import argparse
+import functools
 import os
 
 import pytest
@@ -38,6 +40,29 @@ def unloadable_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("unloadable-model")
     (folder / "config.json").write_text("{}")
     return str(folder)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_output_folders():
+    """The folders the commands write when no output option is given (act-lora-compare, act-lora-demo)."""
+    from act_lora_fast.cli.main import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted({action.default for sub in commands.choices.values() for action in sub._actions
+                   if action.dest in ("output_dir", "out") and isinstance(action.default, str)})
+
+
+@pytest.fixture(autouse=True)
+def _no_default_output_folder_left_in_the_cwd(request):
+    """Issue 21.18: a test that runs a command without an output option runs it in a temporary folder; the
+    suite leaves no act-lora-compare/ (or other default output folder) where it was started."""
+    cwd = os.getcwd()
+    before = set(os.listdir(cwd))
+    yield
+    left = [name for name in _default_output_folders()
+            if name not in before and os.path.exists(os.path.join(cwd, name))]
+    assert not left, f"{request.node.nodeid} left {left} in {cwd}: chdir to tmp_path (monkeypatch.chdir)"
 
 
 @pytest.fixture(scope="session")

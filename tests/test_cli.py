@@ -489,6 +489,7 @@ def test_compare_options_reach_run_compare(monkeypatch, tmp_path):
 
 
 def test_compare_defaults_are_the_library_defaults(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the default --output-dir is relative: never the suite's folder (issue 21.18)
     call = _called(monkeypatch, "act_lora_fast.train.compare.run_compare", ["compare", "--model", str(tmp_path)])
     (base,) = call.args_
     assert base == TrainConfig(model=str(tmp_path))

@@ -5,8 +5,10 @@ handler as ``func`` (called with the parsed args, returning an exit code or None
 """
 import argparse
 import logging
+import signal
 import sys
 
+from ..train.signals import Stopped, shielded, stop_on_signals, stop_requested
 from . import bench, method, train
 
 
@@ -47,15 +49,23 @@ def main(argv=None):
     # the library reports progress through logging (act_lora_fast.*); on the command line it is shown
     logging.basicConfig(format="%(message)s")
     logging.getLogger("act_lora_fast").setLevel(logging.INFO)
-    try:
-        return args.func(args) or 0
-    except (ValueError, TypeError, OSError, FloatingPointError) as err:
-        # Bad input already carries a message naming the problem; a traceback would only bury it. OSError:
-        # missing or unreadable paths, and Hugging Face's "model not found (offline, not cached)" errors.
-        # FloatingPointError: a diverging loss (the message says where and what to change).
-        print(f"act-lora {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
-        return 2
-    except KeyboardInterrupt:
-        print(f"act-lora {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with stop_on_signals():  # Ctrl-C and SIGTERM alike: the run records how far it got, exit 128 + signal
+        try:
+            code = args.func(args) or 0
+        except (ValueError, TypeError, OSError, FloatingPointError) as err:
+            # Bad input already carries a message naming the problem; a traceback would only bury it. OSError:
+            # missing or unreadable paths, and Hugging Face's "model not found (offline, not cached)" errors.
+            # FloatingPointError: a diverging loss (the message says where and what to change).
+            print(f"act-lora {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
+            return 2
+        except KeyboardInterrupt as err:
+            with shielded():
+                return _interrupted(args.command, err.signum if isinstance(err, Stopped) else signal.SIGINT)
+        signum = stop_requested()  # a stop swallowed where nothing checked for it: never exit 0
+        return code if signum is None else _interrupted(args.command, signum)
 
+
+def _interrupted(command, signum):
+    said = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"act-lora {command}: {said}", file=sys.stderr)
+    return 128 + signum

@@ -165,11 +165,9 @@ def _block_path_for(model, recorded):
 
 def run_stability(args):
     from ..method.stability import stability_study
-    from ..train.outputs import check_output_dir, removed_if_left_empty
+    from ..train.lock import output_dir_lock
 
-    with removed_if_left_empty(args.out):
-        if args.out:
-            check_output_dir(args.out, option="--out")  # before the study, not after it
+    with output_dir_lock(args.out, option="--out"):  # checked before the study; one study per folder
         summary = stability_study(model=args.model, data_dir=args.data_dir, tasks=args.tasks, seeds=args.seeds,
                                   samples=args.samples, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                                   k=args.k, head_warmup_steps=args.head_warmup_steps, out_dir=args.out,

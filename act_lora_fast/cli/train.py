@@ -1,5 +1,6 @@
 """Subcommands `train`, `compare` and `demo` (the logic lives in `act_lora_fast.train`)."""
 import argparse
+import contextlib
 import os
 
 from .. import _dist
@@ -179,6 +180,7 @@ def _compare(args):
     from ..train.compare import (SUMMARY_OUTPUTS, claim_compare_dir, run_compare, seed_list, summarize,
                                  variant_specs, write_compare_outputs)
     from ..train.distributed import cleanup_distributed
+    from ..train.lock import output_dir_lock
     from ..train.outputs import claim_output_dir
 
     timing = False if args.no_timing else TimingSettings(rounds=args.timing_rounds, steps=args.timing_steps,
@@ -192,44 +194,49 @@ def _compare(args):
     planned = [(os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir,
                 variant_specs(fractions, baselines, args.baseline_fraction),
                 seed_list(args.seeds, _config_from_args(args, task=task, output_dir=None))) for task in tasks]
-    for output_dir, specs, seeds in planned:
-        if _dist.is_main_process() and not args.resume:
-            claim_compare_dir(output_dir, specs, seeds=seeds, random_draws=args.random_draws,
-                              overwrite=args.overwrite)
-    if len(tasks) > 1 and _dist.is_main_process():
-        claim_output_dir(args.output_dir, overwrite=args.overwrite, owned=SUMMARY_OUTPUTS,
-                         option="--output-dir")
-    results = []
-    try:
-        for task in tasks:
-            output_dir = os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir
-            base = _config_from_args(args, task=task, output_dir=None)
-            def on_run(config, report, task=task):
+    with contextlib.ExitStack() as locks:  # one command per folder: the second is refused, naming the first
+        main = _dist.is_main_process()
+        for folder in dict.fromkeys([args.output_dir, *(output_dir for output_dir, _, _ in planned)]):
+            locks.enter_context(output_dir_lock(folder if main else None, option="--output-dir"))
+        for output_dir, specs, seeds in planned:
+            if main and not args.resume:
+                claim_compare_dir(output_dir, specs, seeds=seeds, random_draws=args.random_draws,
+                                  overwrite=args.overwrite)
+        if len(tasks) > 1 and main:
+            claim_output_dir(args.output_dir, overwrite=args.overwrite, owned=SUMMARY_OUTPUTS,
+                             option="--output-dir")
+        results = []
+        try:
+            for task in tasks:
+                output_dir = os.path.join(args.output_dir, task) if len(tasks) > 1 else args.output_dir
+                base = _config_from_args(args, task=task, output_dir=None)
+                def on_run(config, report, task=task):
+                    if _dist.is_main_process():
+                        print(f"[{task}] seed {config.seed} {report['variant']}: last-epoch "
+                              f"{report['score_name']} {report['history'][-1]['score']:.4g}, "
+                              f"{report['wall_seconds']:.0f} s, layers "
+                              f"{report['selected_layers']}", flush=True)
+                result = run_compare(base, fractions=fractions, baselines=baselines,
+                                     baseline_fraction=args.baseline_fraction, seeds=args.seeds,
+                                     random_draws=args.random_draws, metric=args.metric,
+                                     gradient_warmup_steps=args.gradient_warmup_steps, timing=timing,
+                                     output_dir=output_dir, on_run=on_run, progress=not args.no_progress,
+                                     resume=args.resume)
+                results.append(result)
                 if _dist.is_main_process():
-                    print(f"[{task}] seed {config.seed} {report['variant']}: last-epoch {report['score_name']} "
-                          f"{report['history'][-1]['score']:.4g}, {report['wall_seconds']:.0f} s, layers "
-                          f"{report['selected_layers']}", flush=True)
-            result = run_compare(base, fractions=fractions, baselines=baselines,
-                                 baseline_fraction=args.baseline_fraction, seeds=args.seeds,
-                                 random_draws=args.random_draws, metric=args.metric,
-                                 gradient_warmup_steps=args.gradient_warmup_steps, timing=timing,
-                                 output_dir=output_dir, on_run=on_run, progress=not args.no_progress,
-                                 resume=args.resume)
-            results.append(result)
-            if _dist.is_main_process():
-                print("\n" + result.markdown() + "\n", flush=True)
-    finally:
-        cleanup_distributed()
-    if len(results) > 1 and _dist.is_main_process():
-        summary = summarize(results)
-        write_compare_outputs(summary, args.output_dir, stem="summary")
-        print(summary.markdown())
+                    print("\n" + result.markdown() + "\n", flush=True)
+        finally:
+            cleanup_distributed()
+        if len(results) > 1 and main:
+            summary = summarize(results)
+            write_compare_outputs(summary, args.output_dir, stem="summary")
+            print(summary.markdown())
     return 0
 
 
 def _demo(args):
     from ..train.demo import DemoConfig, run_demo
-    from ..train.outputs import removed_if_left_empty
+    from ..train.lock import output_dir_lock
 
     defaults = DemoConfig()
     model = model_location(args.model) if args.model else None
@@ -237,7 +244,7 @@ def _demo(args):
                         fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
                         max_train_samples=args.max_train_samples or defaults.max_train_samples,
                         max_seq_len=args.max_seq_len, seed=args.seed, progress=not args.no_progress)
-    with removed_if_left_empty(config.output_dir):
+    with output_dir_lock(config.output_dir, option="--output-dir"):  # one demo per folder
         run_demo(config)
     return 0
 

@@ -8,17 +8,16 @@ What peft 0.21's ``save_pretrained`` writes, and so what we write and read:
 ``peft.PeftModel.from_pretrained(base, path)`` on our adapter reproduces our model, and `load_adapter` on
 an adapter PEFT saved reproduces PEFT's. Files are written atomically and never unpickled.
 """
+import errno
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import torch
 
 from .._checks import check_lora_hyperparameters
 from .._dist import is_dtensor
-from .._io import umask_mode
+from .._io import recover_folder, write_folder
 from ..layer import FastActLoRALinear
 from .anatomy import Conv1DAsLinear, find_blocks, is_linear_like, linear_shape, replace_module, unwrap_model
 from .inject import ActLoRAConfig, check_materialised, inject_modules, lora_modules, match_modules_to_save
@@ -136,53 +135,22 @@ def save_adapter(model, path, *, base_model_name_or_path=None, tensors=None):
     fingerprint = json.dumps({key: config[key] for key in _FINGERPRINT_FIELDS}, sort_keys=True)
 
     def write(folder):
-        save_file(tensors, os.path.join(folder, WEIGHTS_NAME),
-                  metadata={"format": "pt", _FINGERPRINT_KEY: fingerprint})
+        try:
+            save_file(tensors, os.path.join(folder, WEIGHTS_NAME),
+                      metadata={"format": "pt", _FINGERPRINT_KEY: fingerprint})
+        except Exception as err:  # noqa: BLE001 - safetensors' I/O errors are no OSError: made one
+            if type(err).__name__ != "SafetensorError":
+                raise
+            found = re.search(r"os error (\d+)", str(err))
+            code = int(found[1]) if found else errno.EIO
+            raise OSError(code, os.strerror(code) if found else str(err)) from None
         with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
             handle.write("\n")
 
-    _write_folder(os.fspath(path), write)
-
-
-def _write_folder(path, write):
-    """`write(folder)` into a temporary folder next to `path`, then swap it in as one unit.
-
-    A reader (or a crash) never sees new weights beside an old config. When `path` holds other files than
-    the adapter's own two (a README, a model), or is a symlink, it stays: the two files are then replaced one
-    by one (weights first), and the fingerprint in the weights' metadata makes `load_adapter` refuse a mixed
-    pair.
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(os.path.abspath(path))
-    staging = None
-    try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp")
-        write(staging)
-        for entry in os.listdir(staging):
-            os.chmod(os.path.join(staging, entry), umask_mode())
-        os.chmod(staging, umask_mode(directory=True))
-        if not os.path.exists(path):
-            os.rename(staging, path)
-            return
-        if not os.path.islink(path) and set(os.listdir(path)) <= {CONFIG_NAME, WEIGHTS_NAME}:
-            retired = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old")
-            try:
-                os.rename(path, os.path.join(retired, name))
-            except OSError:  # a mount point, a folder in use elsewhere: replace the files instead
-                os.rmdir(retired)
-            else:
-                os.rename(staging, path)
-                shutil.rmtree(retired, ignore_errors=True)
-                return
-        for entry in (WEIGHTS_NAME, CONFIG_NAME):  # weights first: a crash between leaves a refused pair
-            os.replace(os.path.join(staging, entry), os.path.join(path, entry))
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write the adapter folder {path}: {err.strerror}") from None
-    finally:
-        if staging is not None and os.path.isdir(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+    # The adapter's two files replace the old pair as one unit (weights first where the folder holds other
+    # files: a crash between them leaves a pair the fingerprint makes `load_adapter` refuse).
+    write_folder(path, write, names=(WEIGHTS_NAME, CONFIG_NAME), what="adapter folder")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -193,6 +161,7 @@ def read_adapter_config(path):
     file = os.path.join(os.fspath(path), CONFIG_NAME)
     if os.path.isfile(path):
         raise NotADirectoryError(f"{os.fspath(path)} is a file; pass the adapter folder that holds {CONFIG_NAME}")
+    recover_folder(path)  # an adapter a killed save left beside its path is put back
     if not os.path.isdir(path):
         raise FileNotFoundError(f"adapter folder not found: {path}")
     if not os.path.isfile(file):

@@ -1,4 +1,5 @@
-"""Hugging Face models: where a named model lives, loading a sequence classifier or a causal LM, the task head."""
+"""Hugging Face models: where a named model lives, loading a sequence classifier or a causal LM, the task head,
+activation checkpointing."""
 import contextlib
 import os
 
@@ -123,3 +124,23 @@ def head_modules(model, requested="auto", *, heads=TRAINED_HEADS):
         return list(requested)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     return [name for name in heads if name in present]
+
+
+def enable_activation_checkpointing(model, kind):
+    """Activation checkpointing on a Hugging Face model (``kind``: "non-reentrant" or "reentrant"). The fused op
+    keeps running inside the recomputed blocks: torch's checkpoint restores the RNG state before recomputing,
+    so each LoRA layer draws the same dropout seed again and rebuilds the same mask."""
+    options = {"use_reentrant": kind == "reentrant"}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=options)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    else:
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} is not a Hugging Face model with "
+                         "activation checkpointing; enable checkpointing in the model itself")
+
+
+def activation_checkpointing_on(model):
+    """Whether any module of `model` checkpoints its activations (Hugging Face's flag, set by us or the user)."""
+    return any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())

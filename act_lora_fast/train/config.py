@@ -1,5 +1,6 @@
 """What one fine-tuning run is: `TrainConfig` (every option, checked) and `TrainResult` (what it returns)."""
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -196,6 +197,26 @@ class TrainConfig:
         if self.k is not None:
             return f"{self.selection}@k={self.k}"
         return f"{self.selection}@cum={self.cumulative:g}"
+
+
+# The fields that never change what a run computes: where it writes, what it shows, and the device, kernels and
+# parallelism it runs on (the same math, to rounding: FSDP2 and checkpointing too, RESULTS.md §10). Every other
+# field, including fields added later, changes results.
+NOT_RESULT_FIELDS = ("output_dir", "overwrite", "save_adapter", "plots", "progress", "device", "backend",
+                     "eval_batch_size", "fsdp", "reshard_after_forward", "gradient_checkpointing")
+
+
+def result_options(config, *, leave_out=()):
+    """The options of `config` that change a run's result, as JSON values: what a resumable study records,
+    and compares before it keeps earlier runs. `leave_out`: fields the study sets per run (seed, blocks)."""
+    options = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)
+               if field.name not in NOT_RESULT_FIELDS and field.name not in leave_out}
+    if isinstance(options.get("task"), GlueTask):
+        options["task"] = options["task"].name
+    for name in ("model", "data_dir", "resume_from", "train_file", "eval_file"):  # one path, however spelled
+        if isinstance(options.get(name), str) and os.path.exists(options[name]):
+            options[name] = os.path.realpath(options[name])
+    return json.loads(json.dumps(options))
 
 
 @dataclasses.dataclass

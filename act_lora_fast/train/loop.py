@@ -34,13 +34,16 @@ from ..layer import FastActLoRALinear
 from ..measure.accounting import StepProfiler, trainable_parameters
 from ..model.adapters import load_adapter, save_adapter
 from ..model.anatomy import find_blocks
+from ..model.hf import activation_checkpointing_on, enable_activation_checkpointing
 from ..model.inject import apply_act_lora, apply_head_only, match_modules_to_save
 from . import distributed as dist_utils
 from .blocks import calibration_batches, choose_layers, needs_profile, profile_kind, scores_report
 from .config import TrainConfig, TrainResult
 from .evaluate import autocast, autocast_dtype, to_device
-from .outputs import claim_output_dir, removed_if_left_empty
+from .lock import output_dir_lock
+from .outputs import claim_output_dir, earlier_outputs
 from .plots import plot_run
+from .signals import raise_if_stopped, shielded, stop_reason
 from .tasks import task_for
 
 logger = logging.getLogger(__name__)
@@ -62,25 +65,6 @@ def _windows(batches, size):
             window = []
     if window:
         yield window
-
-
-def _enable_checkpointing(model, kind):
-    """Activation checkpointing on a Hugging Face model (``kind``: "non-reentrant" or "reentrant"). The fused op
-    keeps running inside the recomputed blocks: torch's checkpoint restores the RNG state before recomputing,
-    so each LoRA layer draws the same dropout seed again and rebuilds the same mask."""
-    options = {"use_reentrant": kind == "reentrant"}
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
-    if enable is not None:
-        enable(activation_checkpointing_kwargs=options)
-    elif hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-    else:
-        raise ValueError(f"gradient_checkpointing: {type(model).__name__} is not a Hugging Face model with "
-                         "activation checkpointing; enable checkpointing in the model itself")
-
-
-def _checkpointing_on(model):
-    return any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
 
 
 def _lora_parameter_count(model):
@@ -129,7 +113,7 @@ class _Run:
         if model is None:
             model, tokenizer = task.load_model(config)
         if config.gradient_checkpointing:
-            _enable_checkpointing(model, config.gradient_checkpointing)
+            enable_activation_checkpointing(model, config.gradient_checkpointing)
         # Under FSDP the whole model goes to the device only when profiling needs it; sharding moves the rest.
         if not config.fsdp or (config.resume_from is None and needs_profile(config)):
             model.to(ctx.device)
@@ -238,7 +222,7 @@ class _Run:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             # a checkpointed block runs its forward twice: DDP must know the graph is the same each step
             self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids, static_graph=_checkpointing_on(self.model))
+                self.model, device_ids=device_ids, static_graph=activation_checkpointing_on(self.model))
         self.optimizer, self.scheduler = _build_optimizer(self.model, config, total_steps)  # on the shards
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.profiler = StepProfiler(self.model, self.optimizer, ctx.device, warmup_steps=1)
@@ -258,11 +242,12 @@ class _Run:
             logger.info(f"epoch {epoch} step {self.step}: train loss {train_loss:.4f}, {shown}, "
                         f"{self.task.score_name} {result['score']:.4f}")
         if self.best is None or self._better(result["score"], self.best["score"]):
-            self.best = {"epoch": epoch, "step": self.step, **result}
+            # saved first: a failed save leaves best at the adapter on disk
             if self.adapter_dir and config.fsdp:
                 dist_utils.save_sharded_adapter(self.model, self.adapter_dir, ctx, base_model_name_or_path=config.model)
             elif self.adapter_dir and ctx.is_main:
                 save_adapter(self.model, self.adapter_dir, base_model_name_or_path=config.model)
+            self.best = {"epoch": epoch, "step": self.step, **result}
         dist_utils.barrier(ctx)
         seconds = time.perf_counter() - eval_start
         self.eval_seconds += seconds
@@ -295,6 +280,7 @@ class _Run:
                 items, scale = len(window), 1.0 / config.grad_accum_steps
             step_sum, step_tokens = 0.0, 0
             for index, batch in enumerate(window):
+                raise_if_stopped()  # a Ctrl-C that a finaliser swallowed still stops the run here
                 with dist_utils.gradient_sync(self.train_model, index + 1 == len(window)):
                     with profiler.phase("forward"):
                         with autocast(self.autocast_dtype, ctx.device):
@@ -430,9 +416,14 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
     if layer_scores is not None and not isinstance(layer_scores, dict):
         raise TypeError(f"layer_scores must be a dict {{'activation'|'gradient': LayerScores}}, got "
                         f"{type(layer_scores).__name__}")
-    with removed_if_left_empty(config.output_dir if _dist.is_main_process() else None):
-        _preflight(config)
-        run = _Run(config, model, tokenizer, data, layer_scores)
+    folder = config.output_dir if _dist.is_main_process() else None
+    with output_dir_lock(folder):  # one run per folder; a run stopped during setup leaves no folder
+        return _train(config, model, tokenizer, data, layer_scores)
+
+
+def _train(config, model, tokenizer, data, layer_scores):
+    _preflight(config)
+    run = _Run(config, model, tokenizer, data, layer_scores)
     stage = "training"
     try:
         for epoch in range(config.epochs):
@@ -445,7 +436,8 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
                 report["plots"] = plot_run(report, run.output_dir, scores=run.scores)
             write_json(os.path.join(run.output_dir, "report.json"), report)
     except BaseException as err:
-        _write_interrupted_report(config, run, stage, err)
+        with shielded():  # a second Ctrl-C must not cut the report short
+            _write_interrupted_report(config, run, stage, err)
         raise
     dist_utils.barrier(run.ctx)
     if run.adapter_dir and run.best["step"] != run.step:
@@ -470,16 +462,28 @@ def _preflight(config):
     except RuntimeError as err:
         raise ValueError(f"backend {config.backend!r} on {device.type}: {err}") from None
     if config.output_dir and _dist.is_main_process():
+        if config.overwrite and config.resume_from is not None:
+            _check_resume_source_kept(config)
         claim_output_dir(config.output_dir, overwrite=config.overwrite)
+
+
+def _check_resume_source_kept(config):
+    """`overwrite` deletes the earlier run's outputs before anything is loaded: never the adapter to resume."""
+    source = os.path.realpath(config.resume_from)
+    for name in earlier_outputs(config.output_dir):
+        doomed = os.path.realpath(os.path.join(config.output_dir, name))
+        if source == doomed or source.startswith(doomed + os.sep):
+            raise ValueError(f"resume_from {config.resume_from} is the earlier run's {name} in output_dir "
+                             f"{config.output_dir}, which overwrite=True would delete before it is read; copy "
+                             "the adapter elsewhere first, or write to another output folder")
 
 
 def _write_interrupted_report(config, run, stage, err):
     """On Ctrl-C or an error once training has started, leave a ``report.json`` that says so. (A run stopped
-    during setup never gets here: it has written nothing and leaves nothing, see `removed_if_left_empty`.)"""
+    during setup never gets here: it has written nothing and leaves nothing, see `output_dir_lock`.)"""
     if not config.output_dir or not _dist.is_main_process():
         return
-    reason = "KeyboardInterrupt" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-    report = run.progress_report(stage, reason)
+    report = run.progress_report(stage, stop_reason(err))
     try:
         write_json(os.path.join(config.output_dir, "report.json"), report)
     except OSError:

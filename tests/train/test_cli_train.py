@@ -1,12 +1,16 @@
 """`act-lora train` / `compare` failures: one line on stderr, exit 2 (130 for Ctrl-C), found before any work."""
 import json
 import os
+import resource
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from act_lora_fast.cli.main import main as cli_main
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = ["--epochs", "1", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-seq-len", "16",
          "--batch-size", "16", "--no-progress", "--no-plots"]
 
@@ -140,3 +144,43 @@ def test_train_without_output_dir_says_nothing_will_be_saved(capsys, tiny_model,
     assert cli_main(["train", "--model", tiny_model, "--data-dir", sst2_dir, *QUICK]) == 0
     assert capsys.readouterr().out.startswith("no --output-dir: the report and the adapter will not be saved")
     assert os.listdir(tmp_path) == []
+
+
+def test_train_under_a_file_size_limit_is_one_line_exit_2(tiny_model, sst2_dir, tmp_path):
+    """Issue 21.11: a run whose adapter cannot be written (a full disk, a file-size limit) ends with one line
+    and exit 2, no traceback."""
+    out = tmp_path / "run"
+    argv = ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", str(out), "--epochs", "1",
+            "--max-train-samples", "16", "--max-eval-samples", "8", "--max-seq-len", "16", "--no-progress",
+            "--no-plots"]
+    script = (f"import sys; sys.path.insert(0, {ROOT!r}); import tests.conftest; "
+              f"from act_lora_fast.cli.main import main; sys.exit(main({argv!r}))")
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          preexec_fn=limit_file_size, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[-1].startswith("act-lora train: error: ") and lines[-1].endswith(
+        f"cannot write the adapter folder {out / 'adapter'}: File too large"), done.stderr[-3000:]
+    assert not [name for name in os.listdir(out) if name.startswith(".adapter")]
+
+
+def test_overwrite_never_deletes_the_adapter_being_resumed_from(capsys, tiny_model, sst2_dir, tmp_path):  # noqa: F811
+    """Issue 21.4: --overwrite deleted OUT/adapter before --resume-from OUT/adapter read it."""
+    out = tmp_path / "run"
+    assert _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", str(out),
+                         *QUICK])[0] == 0
+    adapter = out / "adapter"
+    before = {name: (adapter / name).read_bytes() for name in os.listdir(adapter)}
+    for source in (adapter, tmp_path / "link"):  # the folder itself, and a link to it
+        if source != adapter:
+            os.symlink(adapter, source)
+        code, err = _run(capsys, ["train", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", str(out),
+                                  "--overwrite", "--resume-from", str(source), *QUICK])
+        line = _one_line(err)
+        assert code == 2 and f"resume_from {source} is the earlier run's adapter" in line, line
+        assert {name: (adapter / name).read_bytes() for name in os.listdir(adapter)} == before
+    assert sorted(os.listdir(out)) == ["adapter", "report.json"]

@@ -21,6 +21,7 @@ from ..compare.matrix import seed_list
 from ..compare.run import GRADIENT_WARMUP_STEPS
 from ..compare.selections import profile_seeds
 from ..config import TrainConfig
+from ..lock import locks_output_dir
 from ..loop import set_seed, train
 from ..tasks import task_for
 
@@ -67,6 +68,7 @@ def _load_previous(path, settings):
     return {(run["seed"], tuple(run["blocks"])): run for run in old["runs"]}
 
 
+@locks_output_dir  # one ablation per folder (see `lock`)
 def run_ablation(base, *, tasks=None, seeds=3, k=None, max_subsets=None, output_dir=None, resume=False,
                  data=None, progress=True, on_run=None):
     """Train every ablation subset (`ablation_subsets`) for every seed of every task; returns

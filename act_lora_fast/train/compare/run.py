@@ -14,11 +14,13 @@ from ...method.profiling import HEAD_WARMUP_LR
 from ...model.anatomy import find_blocks
 from ...model.inject import count_lora_parameters
 from .. import distributed as dist_utils
-from ..config import TrainConfig
+from ..config import TrainConfig, result_options
+from ..lock import locks_output_dir
 from ..loop import set_seed, train
-from ..outputs import check_output_dir
+from ..outputs import claim_output_dir
+from ..signals import raise_if_stopped, shielded, stop_reason
 from ..tasks import task_for
-from .folder import claim_compare_dir, previous_runs, slug
+from .folder import claim_compare_dir, previous_runs, run_folder_intact, slug
 from .matrix import ACTIVATION_METRICS, DEFAULT_BASELINES, DEFAULT_FRACTIONS, seed_list, variant_specs
 from .results import CompareResult, median_or_none, aggregate, rows_of
 from .selections import RANDOM_STREAM, profile_kinds, profile_seeds, select_variants
@@ -27,8 +29,12 @@ from .tables import write_compare_outputs
 GRADIENT_WARMUP_STEPS = 16
 DEFAULT_RANDOM_DRAWS = 5
 ALPHA = 0.05
+# what compare sets per run, and its own metric options (recorded on their own): not compared as the base's
+PER_RUN_FIELDS = ("seed", "selection", "k", "fraction", "cumulative", "layers", "resume_from", "metric",
+                  "gradient_warmup_steps")
 
 
+@locks_output_dir
 def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINES, baseline_fraction=0.5,
                 seeds=None, random_draws=DEFAULT_RANDOM_DRAWS, metric="input_norm",
                 gradient_warmup_steps=GRADIENT_WARMUP_STEPS, gradient_warmup_lr=HEAD_WARMUP_LR, timing=None,
@@ -42,9 +48,12 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
     LayerScores}``) are reused for every seed instead of profiling. `on_run(config, report)` is called after
     each training run (``report["variant"]`` names its variant, e.g. ``"activation@50%"``). With `output_dir`: ``compare.json`` (rewritten after every run), ``compare.md``,
     ``compare.png`` (score ± CI against step time) and each run's folder. `resume`: keep the finished runs of
-    an earlier ``compare.json`` in `output_dir` (same model, metric and training options; a run is kept when
-    its variant, seed, draw and blocks match) and train only the rest, e.g. to add seeds. Profiles and
-    timing are recomputed.
+    an earlier ``compare.json`` in `output_dir` and train only the rest, e.g. to add seeds or to finish an
+    interrupted comparison: the file must record the same result-changing options (`result_options`: every
+    option but the output, device and kernel settings; a difference is refused, naming the options), and a
+    run is kept when its variant, seed, draw and blocks match and its folder still holds its finished report
+    (and adapter). Profiles and timing are recomputed. The output folder is locked for the whole comparison
+    (`output_dir_lock`); an interrupted comparison's ``compare.json`` says ``"status": "interrupted"``.
     """
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
@@ -63,11 +72,13 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
         timing = TimingSettings()
     elif timing is not False and not isinstance(timing, TimingSettings):
         raise TypeError(f"timing must be a TimingSettings or False, got {type(timing).__name__}")
-    if output_dir and _dist.is_main_process():
-        if resume:
-            check_output_dir(output_dir)
-        else:
-            claim_compare_dir(output_dir, specs, seeds=seeds, random_draws=random_draws, overwrite=base.overwrite)
+    # every option that changes a result: recorded, and compared with an earlier compare.json before any work
+    options = {**result_options(base, leave_out=PER_RUN_FIELDS), "metric": metric,
+               "baseline_fraction": baseline_fraction, "gradient_warmup_steps": gradient_warmup_steps,
+               "gradient_warmup_lr": gradient_warmup_lr, "random_stream": RANDOM_STREAM}
+    previous = previous_runs(output_dir, options) if resume and output_dir else {}
+    if output_dir and _dist.is_main_process() and not resume:
+        claim_compare_dir(output_dir, specs, seeds=seeds, random_draws=random_draws, overwrite=base.overwrite)
     task = task_for(getattr(data, "task", None) or base.task)
     if data is None:
         data = task.load_data(base)
@@ -136,12 +147,14 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                          for (seed, kind), result in scores.items()},
             "train": {k: getattr(base, k) for k in ("epochs", "batch_size", "learning_rate", "r", "alpha",
                                                    "max_seq_len", "max_train_samples", "calibration_samples")},
+            "options": options,
             "train_examples": len(data.train), "status": "running", "completed_runs": 0,
             "planned_runs": sum(len(v) for v in selections.values()),
             "score_name": task.score_name, "higher_is_better": task.higher_is_better}
     chance = task.chance_score(data)
 
     # ---- 4. training, seed-major so every finished seed is a complete paired set
+    raise_if_stopped()  # a stop swallowed during the set-up ends the comparison here
     runs = {}
 
     def outcome():
@@ -164,48 +177,61 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                              output_dir=output_dir, variants=variants, seeds=seeds, chance_score=chance,
                              above_chance=above, meta=meta_now)
 
-    previous = previous_runs(output_dir, meta) if resume and output_dir else {}
     main = _dist.is_main_process()
     trained = {}   # (seed, layers) -> run: identical runs (e.g. gradient@ picking last@'s blocks) train once
-    for seed in seeds:
-        for spec in specs:
-            for entry in [e for e in selections[spec.name] if e["seed"] == seed]:
-                common = dict(seed=seed, k=None, fraction=None, cumulative=None, resume_from=None)
-                if spec.kind == "all":
-                    config = dataclasses.replace(base, selection="all", layers=None, **common)
-                else:
-                    config = dataclasses.replace(base, selection="fixed", layers=entry["layers"], **common)
-                if output_dir:
-                    folder = slug(spec.name) + (f"-draw{entry['draw']}" if entry["draw"] is not None else "")
-                    parts = [folder] if len(seeds) == 1 and entry["draw"] is None else [folder, f"seed{seed}"]
-                    config = dataclasses.replace(config, output_dir=os.path.join(output_dir, *parts))
-                key = (seed, tuple(entry["layers"]))
-                earlier = previous.get((spec.name, seed, entry["draw"], key[1]))
-                if earlier is not None:
-                    runs.setdefault(spec.name, []).append(earlier)
-                    trained.setdefault(key, {**earlier, "variant": spec.name})
+    try:
+        for seed in seeds:
+            for spec in specs:
+                for entry in [e for e in selections[spec.name] if e["seed"] == seed]:
+                    raise_if_stopped()
+                    common = dict(seed=seed, k=None, fraction=None, cumulative=None, resume_from=None)
+                    if spec.kind == "all":
+                        config = dataclasses.replace(base, selection="all", layers=None, **common)
+                    else:
+                        config = dataclasses.replace(base, selection="fixed", layers=entry["layers"], **common)
+                    if output_dir:
+                        folder = slug(spec.name) + (f"-draw{entry['draw']}" if entry["draw"] is not None else "")
+                        parts = [folder] if len(seeds) == 1 and entry["draw"] is None else [folder, f"seed{seed}"]
+                        config = dataclasses.replace(config, output_dir=os.path.join(output_dir, *parts))
+                    key = (seed, tuple(entry["layers"]))
+                    earlier = previous.get((spec.name, seed, entry["draw"], key[1]))
+                    if earlier is not None and run_folder_intact(output_dir, earlier):
+                        runs.setdefault(spec.name, []).append(earlier)
+                        trained.setdefault(key, {**earlier, "variant": spec.name})
+                        meta["completed_runs"] += 1
+                        continue
+                    if key in trained:  # same seed, same blocks, same everything: the same run (training is seeded)
+                        same = {k: v for k, v in trained[key].items() if k != "variant"}
+                        runs.setdefault(spec.name, []).append({**same, "draw": entry["draw"],
+                                                               "same_run_as": trained[key]["variant"]})
+                        meta["completed_runs"] += 1
+                        continue
+                    if output_dir and main:  # the folder of an earlier, unfinished or lost run: this run's now
+                        claim_output_dir(config.output_dir, overwrite=True)
+                    report = train(config, data=data).report
+                    record = {
+                        "seed": seed, "draw": entry["draw"], "layers": entry["layers"],
+                        "score": report["history"][-1]["score"], "best_epoch_score": report["score"],
+                        "metrics": report["history"][-1]["metrics"], "epochs": len(report["history"]),
+                        "wall_seconds": report["wall_seconds"], "train_seconds": report["train_seconds"],
+                        "step_ms_training": report["step_time_ms"]["step"],
+                        "output_dir": os.path.relpath(config.output_dir, output_dir) if output_dir else None}
+                    runs.setdefault(spec.name, []).append(record)
+                    trained[key] = {**record, "variant": spec.name}
                     meta["completed_runs"] += 1
-                    continue
-                if key in trained:  # same seed, same blocks, same everything: the same run (training is seeded)
-                    runs.setdefault(spec.name, []).append({**{k: v for k, v in trained[key].items() if k != "variant"},
-                                                           "draw": entry["draw"],
-                                                           "same_run_as": trained[key]["variant"]})
-                    meta["completed_runs"] += 1
-                    continue
-                report = train(config, data=data).report
-                record = {
-                    "seed": seed, "draw": entry["draw"], "layers": entry["layers"],
-                    "score": report["history"][-1]["score"], "best_epoch_score": report["score"],
-                    "metrics": report["history"][-1]["metrics"], "epochs": len(report["history"]),
-                    "wall_seconds": report["wall_seconds"], "train_seconds": report["train_seconds"],
-                    "step_ms_training": report["step_time_ms"]["step"]}
-                runs.setdefault(spec.name, []).append(record)
-                trained[key] = {**record, "variant": spec.name}
-                meta["completed_runs"] += 1
-                if on_run is not None:
-                    on_run(config, {**report, "variant": spec.name})
-                if output_dir and main:
+                    if on_run is not None:
+                        on_run(config, {**report, "variant": spec.name})
+                    if output_dir and main:
+                        write_json(os.path.join(output_dir, "compare.json"), outcome().to_json())
+    except BaseException as err:
+        if output_dir and main:
+            with shielded():  # a second Ctrl-C must not cut the record short
+                meta.update(status="interrupted", reason=stop_reason(err))
+                try:
                     write_json(os.path.join(output_dir, "compare.json"), outcome().to_json())
+                except Exception:  # noqa: BLE001 - the error that stopped the runs is the one to report
+                    pass
+        raise
     meta["status"] = "complete"
     result = outcome()
     if output_dir and main:
