@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["act_lora_fast", "act_lora_fast.*"]),
+    package_data={"act_lora_fast.data": ["samples/*.jsonl", "samples/README.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -36,6 +36,9 @@ _LAZY = {
     "evaluate": ("train.evaluate", "evaluate"),
     "run_compare": ("train.compare", "run_compare"),
     "load_glue": ("data.glue", "load_glue"),
+    "load_text": ("data.text", "load_text"),
+    "evaluate_text": ("train.evaluate", "evaluate_text"),
+    "shard_model": ("train.distributed", "shard_model"),
     # PEFT integration (needs peft installed)
     "FusedLoraLinear": ("model.peft_layer", "FusedLoraLinear"),
     "patch_peft": ("model.peft_layer", "patch_peft"),

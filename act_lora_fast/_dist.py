@@ -1,5 +1,6 @@
 """The few torch.distributed facts the library needs below the training loop (which owns the process group)."""
 import os
+import sys
 
 import torch
 
@@ -32,3 +33,11 @@ def all_reduce_sum(tensor):
     if world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor
+
+
+def is_dtensor(tensor):
+    """Whether `tensor` is a DTensor (an FSDP2 shard, a tensor-parallel piece); never imports torch.distributed.tensor
+    (when nothing has imported it, no DTensor exists)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    cls = getattr(module, "DTensor", None)
+    return cls is not None and isinstance(tensor, cls)

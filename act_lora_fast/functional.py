@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from ._dist import is_dtensor
 from .kernels.reference import UpdateTap, lora_linear_reference, row_sq_norms_reference
 from .kernels.torch_fused import dropout_keep_mask, fused_forward, torch_fused_lora, torch_probe_linear
 
@@ -156,11 +157,13 @@ def _shape(t):
     return tuple(t.shape)
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def _inputs_ok(x, weight, bias, lora_A, lora_B, dropout_p):
     """The common case, checked with a few attribute reads (every call pays this); False sends the caller to
     `check_lora_inputs`'s full check, which names the problem."""
-    Tensor = torch.Tensor
-    if not (isinstance(x, Tensor) and isinstance(weight, Tensor)):
+    if type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS:  # DTensors and the like: the full check
         return False
     dtype, device = x.dtype, x.device
     if not dtype.is_floating_point or weight.dtype is not dtype or weight.device != device or weight.dim() != 2:
@@ -168,14 +171,14 @@ def _inputs_ok(x, weight, bias, lora_A, lora_B, dropout_p):
     n_out, k_in = weight.shape
     if x.dim() == 0 or x.shape[-1] != k_in:
         return False
-    if bias is not None and not (isinstance(bias, Tensor) and bias.dtype is dtype and bias.device == device
+    if bias is not None and not (type(bias) in _PLAIN_TENSORS and bias.dtype is dtype and bias.device == device
                                  and bias.dim() == 1 and bias.shape[0] == n_out):
         return False
     if not (isinstance(dropout_p, float) and 0.0 <= dropout_p < 1.0):  # ints and odd types: the full check
         return False
     if lora_A is None:
         return lora_B is None
-    if not (isinstance(lora_A, Tensor) and isinstance(lora_B, Tensor)):
+    if type(lora_A) not in _PLAIN_TENSORS or type(lora_B) not in _PLAIN_TENSORS:
         return False
     if lora_A.dtype is not dtype or lora_B.dtype is not dtype or lora_A.device != device or lora_B.device != device:
         return False
@@ -191,6 +194,12 @@ def check_lora_inputs(x, weight, bias, lora_A, lora_B, dropout_p=0.0):
         return
     named = {"x": x, "weight": weight, "bias": bias, "lora_A": lora_A, "lora_B": lora_B}
     given = {name: t for name, t in named.items() if t is not None or name in ("x", "weight")}
+    sharded = [name for name, t in given.items() if is_dtensor(t)]
+    if sharded:
+        raise TypeError(f"the fused LoRA op got a DTensor ({', '.join(sharded)}): a sharded (FSDP2) or "
+                        "tensor-parallel weight reached it outside its block's forward. Shard per block "
+                        "(act_lora_fast.shard_model: fully_shard on each block, then the root) and call the "
+                        "model, not a layer of it, so that each layer sees its block's unsharded weights")
     for name, t in given.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

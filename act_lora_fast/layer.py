@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ._dist import is_dtensor
 from .functional import check_backend_name, lora_linear, new_dropout_seed
 
 NORM_SUM_SQ, NORM_SUM, NORM_COUNT = 0, 1, 2
@@ -245,6 +246,12 @@ class FastActLoRALinear(nn.Module):
     def _delta_weight(self):
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
+    def _check_unsharded(self, what):
+        if any(is_dtensor(t) for t in (self.base_layer.weight, self.lora_A.weight, self.lora_B.weight)):
+            raise RuntimeError(f"{what}() on an FSDP-sharded layer: its weights are shards (DTensors). Save the "
+                               "adapter (act_lora_fast.train.distributed.save_sharded_adapter gathers it) and "
+                               f"{what} on an unsharded model loaded with it")
+
     @torch.no_grad()
     def merge(self):
         """Fold s·B·A into the base weight; forward then skips the adapter."""
@@ -252,6 +259,7 @@ class FastActLoRALinear(nn.Module):
             raise RuntimeError("a probe-mode layer with r=0 has no adapter to merge")
         if self.merged:
             raise RuntimeError("adapter is already merged")
+        self._check_unsharded("merge")
         weight = self.base_layer.weight
         weight.copy_((weight.float() + self._delta_weight()).to(weight.dtype))
         self.merged = True
@@ -261,6 +269,7 @@ class FastActLoRALinear(nn.Module):
         """Subtract s·B·A from the base weight again."""
         if not self.merged:
             raise RuntimeError("adapter is not merged")
+        self._check_unsharded("unmerge")
         weight = self.base_layer.weight
         weight.copy_((weight.float() - self._delta_weight()).to(weight.dtype))
         self.merged = False

@@ -63,3 +63,11 @@ def _no_default_output_folder_left_in_the_cwd(request):
     left = [name for name in _default_output_folders()
             if name not in before and os.path.exists(os.path.join(cwd, name))]
     assert not left, f"{request.node.nodeid} left {left} in {cwd}: chdir to tmp_path (monkeypatch.chdir)"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A random tiny Llama folder (4 blocks, hidden 32) with a word-level tokenizer and a chat template."""
+    from tests.models import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -1,6 +1,8 @@
 """Small models and batches the tests share: tiny random-weight Transformers of many architectures, token
 batches with padding, and the bundled pretrained MiniLM."""
+import importlib.util
 import os
+import pathlib
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 _SMALL = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=80, vocab_size=97)
 _LLAMA_LIKE = dict(num_key_value_heads=2, head_dim=12, **_SMALL)
-
+# the decoder families the causal-LM path is tested on (tests/model/test_decoders.py)
+DECODERS = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "gpt2", "gpt_neox", "opt")
 
 
 def tiny_config(kind, layers=3):
@@ -31,6 +34,9 @@ def tiny_config(kind, layers=3):
         "qwen2": lambda: transformers.Qwen2Config(**llama_like),
         "qwen3": lambda: transformers.Qwen3Config(**llama_like),
         "gemma": lambda: transformers.GemmaConfig(**llama_like),
+        "gemma2": lambda: transformers.Gemma2Config(**llama_like),
+        "phi3": lambda: transformers.Phi3Config(pad_token_id=0, bos_token_id=1, eos_token_id=2, **llama_like),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(**small),
         "gpt2": lambda: transformers.GPT2Config(n_embd=48, n_layer=layers, n_head=4, vocab_size=97),
         "opt": lambda: transformers.OPTConfig(hidden_size=48, num_hidden_layers=layers, num_attention_heads=4,
                                               ffn_dim=80, vocab_size=97, word_embed_proj_dim=48),
@@ -105,3 +111,21 @@ def write_sst2_folder(root, n_train=96, n_dev=40, seed=0):
         with open(os.path.join(root, "SST-2", f"{name}.tsv"), "w", encoding="utf-8") as handle:
             handle.write("sentence\tlabel\n" + "".join(f"{e.text_a}\t{e.label}\n" for e in rows))
     return str(root)
+
+
+def tiny_decoder_script():
+    """benchmarks/tiny_decoder.py as a module: the tiny Llama builder and the shipped instruction set's generator."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "tiny_decoder.py"
+    spec = importlib.util.spec_from_file_location("tiny_decoder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_tiny_llama(folder, layers=4, hidden=32):
+    """A random tiny Llama (word-level tokenizer with a chat template) saved as a model folder."""
+    return tiny_decoder_script().write_tiny_decoder(folder, layers=layers, hidden=hidden)
+
+
+SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "act_lora_fast" / "data" / "samples"
+TRAIN_TEXT, EVAL_TEXT = str(SAMPLES / "instructions-train.jsonl"), str(SAMPLES / "instructions-eval.jsonl")

@@ -58,10 +58,19 @@ _RUN_DEFAULTS = dict(model="minilm", data_dir=None, max_train_samples=None, max_
                      backend="auto", epochs=3, batch_size=8, eval_batch_size=64, learning_rate=2e-3,
                      weight_decay=0.01, warmup_ratio=0.06, grad_accum_steps=1, max_grad_norm=1.0, precision="auto",
                      seed=0, group_by_length=False, eval_steps=None, loraplus_lr_ratio=None, device="auto",
-                     no_save_adapter=False, no_plots=False, no_progress=False, overwrite=False)
+                     no_save_adapter=False, no_plots=False, no_progress=False, overwrite=False, train_file=None,
+                     eval_file=None, eval_fraction=0.1, fsdp=False, reshard_after_forward=True,
+                     gradient_checkpointing=None)
 _RUN_OPTIONS = [
     (["--model", "P"], {"model": "P"}),
     (["--data-dir", "D"], {"data_dir": "D"}),
+    (["--train-file", "T.jsonl"], {"train_file": "T.jsonl"}),
+    (["--eval-file", "E.txt"], {"eval_file": "E.txt"}),
+    (["--eval-fraction", "0.2"], {"eval_fraction": 0.2}),
+    (["--fsdp"], {"fsdp": True}),
+    (["--no-reshard-after-forward"], {"reshard_after_forward": False}),
+    (["--gradient-checkpointing"], {"gradient_checkpointing": "non-reentrant"}),
+    (["--gradient-checkpointing", "reentrant"], {"gradient_checkpointing": "reentrant"}),
     (["--max-train-samples", "80"], {"max_train_samples": 80}),
     (["--max-eval-samples", "40"], {"max_eval_samples": 40}),
     (["--max-seq-len", "32"], {"max_seq_len": 32}),

@@ -2,6 +2,7 @@
 test commands are the ones CI runs (.ci/run). Docs that cannot rot."""
 import os
 import re
+import shlex
 import sys
 
 import pytest
@@ -92,3 +93,66 @@ def test_shell_commands_are_the_ones_ci_runs():
     assert demo == ci_test.split(" && \\")[0].replace('".[dev]"', '".[demo]"') + " && act-lora demo"
     assert "'demo': [" in _read(os.path.join(ROOT, "setup.py")).replace('"', "'")
     assert build_parser().parse_args(["demo"]).command == "demo"
+
+
+# ---------------------------------------------------------------------------------------------- Decoders
+TINY_RUN = ["--max-train-samples", "16", "--max-eval-samples", "8", "--max-seq-len", "40", "--epochs", "1",
+            "--calibration-samples", "8", "--no-progress", "--no-plots"]
+TINY_COMPARE = ["--seeds", "2", "--baselines", "random", "--random-draws", "1", "--timing-rounds", "1",
+                "--timing-steps", "1"]
+
+
+def section_commands(title):
+    """The shell commands in the ```bash blocks of README section `title` (``## title``), continuation lines
+    joined, as argument lists."""
+    text, commands = _read(README), []
+    body = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    for language, _, code, _ in fenced_blocks(body):
+        if language == "bash":
+            commands += [shlex.split(command) for command in code.replace("\\\n", " ").splitlines() if command.strip()]
+    return commands
+
+
+def at_tiny_scale(argv, model, out):
+    """A README command's act-lora arguments on the tiny model, writing under `out`, at tiny sizes."""
+    argv = [model if a == "path/to/llama" else a.replace("runs/", f"{out}/") for a in argv]
+    return argv + TINY_RUN + (TINY_COMPARE if argv[0] == "compare" else [])
+
+
+def readme_fsdp_command():
+    """The act-lora arguments of the README's one-machine FSDP command (torchrun runs them in
+    tests/train/test_distributed_decoders.py)."""
+    return next(c for c in section_commands("Decoders") if c[0] == "torchrun" and "--nnodes" not in c)
+
+
+DECODER_COMMANDS = section_commands("Decoders")
+
+
+def test_the_decoders_section_has_its_commands():
+    kinds = [c[0] if c[0] != "act-lora" else f"act-lora {c[1]}" for c in DECODER_COMMANDS]
+    assert kinds == ["act-lora train", "act-lora compare", "torchrun", "torchrun"], kinds
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("command", [c for c in DECODER_COMMANDS if c[0] == "act-lora"], ids=lambda c: c[1])
+def test_decoder_commands_run_at_tiny_scale(command, tiny_llama, tmp_path, monkeypatch):
+    from act_lora_fast.cli.main import main
+
+    monkeypatch.chdir(ROOT)  # the README's data paths are relative to the repository
+    assert main(at_tiny_scale(command[1:], tiny_llama, tmp_path)) == 0
+    out = tmp_path / ("llama-act" if command[1] == "train" else "llama-compare")
+    assert (out / ("report.json" if command[1] == "train" else "compare.md")).is_file()
+
+
+@pytest.mark.parametrize("command", [c for c in DECODER_COMMANDS if c[0] == "torchrun"],
+                         ids=lambda c: "multi-node" if "--nnodes" in c else "one-node")
+def test_torchrun_commands_are_torchruns_and_ours(command):
+    """Every torchrun option is torchrun's own (its parser), and what it launches parses as our command."""
+    from torch.distributed.run import get_args_parser
+
+    launch = get_args_parser().parse_args(command[1:])
+    assert launch.module and launch.training_script == "act_lora_fast.cli"
+    if "--nnodes" in command:
+        assert launch.nnodes == "2" and launch.rdzv_backend == "c10d" and launch.rdzv_endpoint and launch.rdzv_id
+    args = build_parser().parse_args(launch.training_script_args)
+    assert args.command == "train" and args.fsdp and args.task == "text"

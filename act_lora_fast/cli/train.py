@@ -7,7 +7,7 @@ from .. import _dist
 from ..functional import BACKENDS
 from ..train.compare import (ACTIVATION_METRICS, BASELINES, DEFAULT_BASELINES, DEFAULT_RANDOM_DRAWS,
                              GRADIENT_WARMUP_STEPS)
-from ..train.config import PRECISIONS, SELECTIONS, TrainConfig
+from ..train.config import CHECKPOINTING, PRECISIONS, SELECTIONS, TrainConfig
 from ._args import csv_floats, csv_list, model_location
 
 
@@ -34,6 +34,11 @@ def _add_run_options(parser):
                       help="model folder or hub id; 'minilm' is the bundled MiniLM (default)")
     data.add_argument("--data-dir", help="GLUE data in GLUE's TSV layout (<dir>/<TASK>/train.tsv, dev.tsv); "
                                          "without it the hub's nyu-mll/glue is used when reachable")
+    data.add_argument("--train-file", help="--task text: the training text, .jsonl ({'text'}, {'prompt', "
+                                           "'completion'} or {'messages'} per line) or .txt (blank-line separated)")
+    data.add_argument("--eval-file", help="--task text: the evaluation text (default: --eval-fraction of --train-file)")
+    data.add_argument("--eval-fraction", type=float, default=0.1,
+                      help="--task text without --eval-file: the seeded share of rows held out (default 0.1)")
     data.add_argument("--max-train-samples", type=int, help="a seeded random subset of the training set")
     data.add_argument("--max-eval-samples", type=int, help="the first N examples of each dev split")
     data.add_argument("--max-seq-len", type=int, default=128)
@@ -46,8 +51,8 @@ def _add_run_options(parser):
     lora.add_argument("--dropout", type=float, default=0.0, action=_Given)
     lora.add_argument("--target-modules", help="comma-separated module names, or 'all-linear' "
                                                "(default: the architecture's attention and MLP linears)")
-    lora.add_argument("--modules-to-save", help="comma-separated modules trained in full "
-                                                "(default: the classification head: classifier, pooler, ...)")
+    lora.add_argument("--modules-to-save", help="comma-separated modules trained in full (default: the "
+                                                "classification head: classifier, pooler, ...; none for --task text)")
     lora.add_argument("--backend", default="auto", choices=BACKENDS)
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=3)
@@ -67,6 +72,15 @@ def _add_run_options(parser):
     opt.add_argument("--eval-steps", type=int, help="also evaluate every N steps (the best adapter is kept)")
     opt.add_argument("--loraplus-lr-ratio", type=float,
                      help="LoRA+: lora_B's learning rate is this many times --lr (default: plain LoRA)")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--fsdp", action="store_true",
+                       help="under torchrun: shard with FSDP2 (fully_shard per block, then the root) instead of DDP's "
+                            "replicas")
+    scale.add_argument("--no-reshard-after-forward", dest="reshard_after_forward", action="store_false",
+                       help="--fsdp: keep each block's gathered weights from forward to backward (more memory, "
+                            "less communication)")
+    scale.add_argument("--gradient-checkpointing", nargs="?", const="non-reentrant", choices=CHECKPOINTING,
+                       help="recompute each block's activations in backward (default kind: non-reentrant)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--overwrite", action="store_true",
@@ -79,7 +93,9 @@ def _add_run_options(parser):
 
 def _config_from_args(args, **overrides):
     values = dict(
-        model=model_location(args.model), task=args.task, data_dir=args.data_dir,
+        model=model_location(args.model), task=args.task, data_dir=args.data_dir, train_file=args.train_file,
+        eval_file=args.eval_file, eval_fraction=args.eval_fraction, fsdp=args.fsdp,
+        reshard_after_forward=args.reshard_after_forward, gradient_checkpointing=args.gradient_checkpointing,
         output_dir=args.output_dir, calibration_samples=args.calibration_samples, r=args.r, alpha=args.alpha,
         dropout=args.dropout,
         target_modules=(args.target_modules if args.target_modules in (None, "all-linear")
@@ -126,7 +142,8 @@ def _train(args):
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())
         times = report["step_time_ms"]
         memory = report["memory"]
-        print(f"{report['task']}: {metrics} (score {report['score']:.2f}, best epoch {report['best_epoch']})")
+        print(f"{report['task']}: {metrics} ({report['score_name']} {report['score']:.4g}, best epoch "
+              f"{report['best_epoch']})")
         print(f"layers {report['selected_layers']} of {report['num_layers']} ({report['selection_label']}); "
               f"trainable parameters {report['trainable_parameters']:,} (LoRA {report['lora_parameters']:,})")
         print(f"step {times['step']:.1f} ms = forward {times['forward']:.1f} + backward {times['backward']:.1f} "
@@ -195,8 +212,9 @@ def _compare(args):
                 base = _config_from_args(args, task=task, output_dir=None)
                 def on_run(config, report, task=task):
                     if _dist.is_main_process():
-                        print(f"[{task}] seed {config.seed} {report['variant']}: last-epoch score "
-                              f"{report['history'][-1]['score']:.2f}, {report['wall_seconds']:.0f} s, layers "
+                        print(f"[{task}] seed {config.seed} {report['variant']}: last-epoch "
+                              f"{report['score_name']} {report['history'][-1]['score']:.4g}, "
+                              f"{report['wall_seconds']:.0f} s, layers "
                               f"{report['selected_layers']}", flush=True)
                 result = run_compare(base, fractions=fractions, baselines=baselines,
                                      baseline_fraction=args.baseline_fraction, seeds=args.seeds,
@@ -237,7 +255,8 @@ def add_commands(subparsers):
                                               "the blocks Act-LoRA (or a baseline) selects; evaluates each "
                                               "epoch, saves the best adapter and writes OUT/report.json. "
                                               "Runs data-parallel under torchrun.")
-    train.add_argument("--task", default="sst2", help="cola, sst2, mrpc, qqp, stsb, mnli, qnli or rte")
+    train.add_argument("--task", default="sst2", help="cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, or text "
+                                                       "(a causal LM on --train-file)")
     train.add_argument("--output-dir", help="where report.json, plots and the adapter go")
     sel = train.add_argument_group("layer selection")
     sel.add_argument("--selection", choices=SELECTIONS,

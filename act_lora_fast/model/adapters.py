@@ -16,6 +16,7 @@ import re
 import torch
 
 from .._checks import check_lora_hyperparameters
+from .._dist import is_dtensor
 from .._io import recover_folder, write_folder
 from ..layer import FastActLoRALinear
 from .anatomy import Conv1DAsLinear, find_blocks, is_linear_like, linear_shape, replace_module, unwrap_model
@@ -58,10 +59,8 @@ def _target_modules_for_peft(model, injected, cfg):
     return sorted(injected)  # exact names: PEFT matches them directly
 
 
-def save_adapter(model, path, *, base_model_name_or_path=None):
-    """Write the Act-LoRA adapter of `model` to folder `path` in PEFT's format."""
-    from safetensors.torch import save_file
-
+def _adapter(model):
+    """(model, its ActLoRAConfig, its LoRA layers), or a ValueError when it has no adapter."""
     model = unwrap_model(model)
     cfg = getattr(model, "act_lora_config", None)
     if not isinstance(cfg, ActLoRAConfig):
@@ -69,6 +68,34 @@ def save_adapter(model, path, *, base_model_name_or_path=None):
     modules = lora_modules(model)
     if not modules:
         raise ValueError("model has act_lora_config but no FastActLoRALinear layers (was it removed?)")
+    return model, cfg, modules
+
+
+def adapter_tensors(model):
+    """``{PEFT key: tensor}`` of what `save_adapter` writes: each LoRA layer's A and B and every parameter and
+    buffer of the ``modules_to_save``, as the model holds them (DTensor shards on an FSDP-sharded model)."""
+    model, cfg, modules = _adapter(model)
+    tensors = {}
+    for name, module in modules.items():
+        if module.merged:
+            raise ValueError(f"{name} is merged; unmerge() before saving so the adapter holds only the update")
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = module.lora_A.weight
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = module.lora_B.weight
+    for name, module in match_modules_to_save(model, cfg.modules_to_save).items():
+        for param_name, tensor in module.state_dict().items():
+            tensors[f"{PREFIX}{name}.{param_name}"] = tensor
+    return tensors
+
+
+def save_adapter(model, path, *, base_model_name_or_path=None, tensors=None):
+    """Write the Act-LoRA adapter of `model` to folder `path` in PEFT's format.
+
+    `tensors`: the weights to write instead of the model's own, keyed as `adapter_tensors` keys them (an
+    FSDP-sharded model's, gathered whole; see `act_lora_fast.train.distributed.save_sharded_adapter`).
+    """
+    from safetensors.torch import save_file
+
+    model, cfg, modules = _adapter(model)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
     if os.path.exists(path) and not os.path.isdir(path):
@@ -81,15 +108,15 @@ def save_adapter(model, path, *, base_model_name_or_path=None):
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     elif isinstance(base_model_name_or_path, os.PathLike):
         base_model_name_or_path = os.fspath(base_model_name_or_path)
-    tensors = {}
-    for name, module in modules.items():
-        if module.merged:
-            raise ValueError(f"{name} is merged; unmerge() before saving so the adapter holds only the update")
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = module.lora_A.weight
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = module.lora_B.weight
-    for name, module in match_modules_to_save(model, cfg.modules_to_save).items():
-        for param_name, tensor in module.state_dict().items():
-            tensors[f"{PREFIX}{name}.{param_name}"] = tensor
+    expected = adapter_tensors(model)
+    if tensors is None:
+        tensors = expected
+    elif not isinstance(tensors, dict) or set(tensors) != set(expected):
+        raise ValueError("tensors must hold exactly the keys adapter_tensors(model) gives")
+    sharded = [key for key, tensor in tensors.items() if is_dtensor(tensor)]
+    if sharded:
+        raise ValueError(f"{sharded[0]} is a shard (DTensor) of an FSDP-sharded model; gather the adapter first "
+                         "(act_lora_fast.train.distributed.save_sharded_adapter does, on every rank)")
     # copies: safetensors refuses tensors that share storage (a tied head in modules_to_save)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
 
@@ -365,4 +392,4 @@ def _rebuild(model, existing, *, r, alpha, dropout, use_rslora, backend):
     return fresh
 
 
-__all__ = ["save_adapter", "load_adapter", "read_adapter_config"]
+__all__ = ["adapter_tensors", "save_adapter", "load_adapter", "read_adapter_config"]

@@ -29,6 +29,8 @@ DEFAULT_TARGET_MODULES = {
                      "olmo", "olmo2", "granite"], _ATTN_MLP_LLAMA),
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
 }
 
 # ModuleList names that hold the Transformer blocks, preferred when a model has several ModuleLists.

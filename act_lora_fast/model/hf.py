@@ -1,4 +1,5 @@
-"""Hugging Face models: where a named model lives, loading a sequence classifier, and its task head."""
+"""Hugging Face models: where a named model lives, loading a sequence classifier or a causal LM, the task head,
+activation checkpointing."""
 import contextlib
 import os
 
@@ -88,11 +89,26 @@ def load_classifier(model, *, num_labels=2, require_tokenizer=True):
         tokenizer = None
     with quiet_loading():
         net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    return _with_pad_token(net, tokenizer)
+
+
+def _with_pad_token(net, tokenizer):
     if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only models (GPT-2, Llama) ship without one
     if net.config.pad_token_id is None:
         net.config.pad_token_id = tokenizer.pad_token_id if tokenizer is not None else 0
     return net, tokenizer
+
+
+def load_causal_lm(model):
+    """A causal language model and its tokenizer (pad token ensured: the end-of-sequence token when it has none)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with quiet_loading():
+        net = AutoModelForCausalLM.from_pretrained(path)
+    return _with_pad_token(net, tokenizer)
 
 
 def head_modules(model, requested="auto", *, heads=TRAINED_HEADS):
@@ -108,3 +124,23 @@ def head_modules(model, requested="auto", *, heads=TRAINED_HEADS):
         return list(requested)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     return [name for name in heads if name in present]
+
+
+def enable_activation_checkpointing(model, kind):
+    """Activation checkpointing on a Hugging Face model (``kind``: "non-reentrant" or "reentrant"). The fused op
+    keeps running inside the recomputed blocks: torch's checkpoint restores the RNG state before recomputing,
+    so each LoRA layer draws the same dropout seed again and rebuilds the same mask."""
+    options = {"use_reentrant": kind == "reentrant"}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=options)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    else:
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} is not a Hugging Face model with "
+                         "activation checkpointing; enable checkpointing in the model itself")
+
+
+def activation_checkpointing_on(model):
+    """Whether any module of `model` checkpoints its activations (Hugging Face's flag, set by us or the user)."""
+    return any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())

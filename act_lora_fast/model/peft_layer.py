@@ -29,6 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from .._dist import is_dtensor
 from ..functional import lora_linear, new_dropout_seed
 
 try:
@@ -114,8 +115,8 @@ class FusedLoraLinear(peft_lora_layer.Linear):
                 or x.shape[-1] != self.in_features:
             return None  # PEFT's forward raises (or handles) it
         tensors = [weight, lora_A.weight, lora_B.weight] + ([bias] if bias is not None else [])
-        if any(t.device != x.device for t in tensors):
-            return None
+        if any(t.device != x.device or is_dtensor(t) for t in tensors + [x]):
+            return None  # a DTensor: called outside its FSDP block's forward (PEFT's forward says what it says)
         if torch.is_autocast_enabled(x.device.type):
             if any(t.dtype not in AUTOCAST_DTYPES for t in tensors + [x]):
                 return None

@@ -9,11 +9,13 @@ import torch
 from .._checks import (check_bool, check_choice, check_fraction, check_int, check_lora_hyperparameters,
                        check_non_negative, check_positive, check_probability)
 from ..data.glue import GlueTask, get_task
+from ..data.text import TEXT_TASK
 from ..functional import check_backend_name
 from ..model.targets import check_target_modules
 
 SELECTIONS = ("all", "activation", "gradient", "random", "bottom", "first", "last", "fixed", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHECKPOINTING = ("non-reentrant", "reentrant")
 
 
 @dataclasses.dataclass
@@ -31,9 +33,12 @@ class TrainConfig:
     is ``"activation"`` when k/fraction/cumulative is given, else ``"all"``.
     """
     model: str
-    task: str = "sst2"
+    task: str = "sst2"                          # a GLUE task, or "text": causal-LM fine-tuning on train_file
     data_dir: Optional[str] = None
     output_dir: Optional[str] = None
+    train_file: Optional[str] = None            # task "text": .jsonl (text / prompt+completion / messages) or .txt
+    eval_file: Optional[str] = None             # task "text": None holds out a seeded eval_fraction of train_file
+    eval_fraction: float = 0.1
     # which blocks get LoRA
     selection: Optional[str] = None
     k: Optional[int] = None
@@ -75,15 +80,18 @@ class TrainConfig:
     save_adapter: bool = True
     plots: bool = True
     progress: bool = True
+    # scale
+    fsdp: bool = False                          # under torchrun: FSDP2 (fully_shard per block, then the root)
+    reshard_after_forward: bool = True          # FSDP2: free each block's gathered weights after its forward
+    gradient_checkpointing: Optional[str] = None  # "non-reentrant" or "reentrant": recompute blocks in backward
 
     def __post_init__(self):
-        for name in ("model", "data_dir", "output_dir", "resume_from"):
+        for name in ("model", "data_dir", "output_dir", "resume_from", "train_file", "eval_file"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         if not isinstance(self.model, str) or not self.model:
             raise TypeError(f"model must be a path or hub id (non-empty str), got {self.model!r}")
-        if not isinstance(self.task, GlueTask):
-            get_task(self.task)
+        self._check_task()
         if self.resume_from is not None:
             chosen = [n for n in ("selection", "k", "fraction", "cumulative", "layers") if getattr(self, n) is not None]
             if chosen:
@@ -122,7 +130,8 @@ class TrainConfig:
         check_probability("warmup_ratio", self.warmup_ratio)
         check_positive("loraplus_lr_ratio", self.loraplus_lr_ratio, optional=True)
         check_positive("max_grad_norm", self.max_grad_norm, optional=True)
-        for name in ("group_by_length", "save_adapter", "plots", "progress", "overwrite"):
+        for name in ("group_by_length", "save_adapter", "plots", "progress", "overwrite", "fsdp",
+                     "reshard_after_forward"):
             check_bool(name, getattr(self, name))
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]  # one module name, as apply_act_lora takes it
@@ -145,8 +154,31 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("metric", self.metric, ("input_norm", "input_rms", "block_output", "update"))
         check_int("gradient_warmup_steps", self.gradient_warmup_steps, 0)
+        if self.gradient_checkpointing is not None:
+            check_choice("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
+        if self.fsdp and self.precision == "fp16":
+            raise ValueError("fsdp with precision fp16 is not supported (FSDP2 here has no sharded grad scaler); "
+                             "use bf16 or fp32")
         if self.resume_from is not None and not os.path.isdir(self.resume_from):
             raise FileNotFoundError(f"resume_from: adapter folder not found: {self.resume_from}")
+
+    def _check_task(self):
+        if self.task != TEXT_TASK:
+            if not isinstance(self.task, GlueTask):
+                get_task(self.task)
+            given = [n for n in ("train_file", "eval_file") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{given[0]} is for task 'text' (causal LM); task {self.task!r} reads GLUE data")
+            return
+        if self.train_file is None:
+            raise ValueError("task 'text' needs train_file (.jsonl or .txt)")
+        for name in ("train_file", "eval_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"{name}: file not found: {path}")
+        if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, (int, float)) \
+                or not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction!r}")
 
     @property
     def selection_label(self):
@@ -167,10 +199,11 @@ class TrainConfig:
         return f"{self.selection}@cum={self.cumulative:g}"
 
 
-# The fields that never change what a run computes: where it writes, what it shows, and the device and kernels
-# it runs on (the same math, to rounding). Every other field, including fields added later, changes results.
+# The fields that never change what a run computes: where it writes, what it shows, and the device, kernels and
+# parallelism it runs on (the same math, to rounding: FSDP2 and checkpointing too, RESULTS.md §10). Every other
+# field, including fields added later, changes results.
 NOT_RESULT_FIELDS = ("output_dir", "overwrite", "save_adapter", "plots", "progress", "device", "backend",
-                     "eval_batch_size")
+                     "eval_batch_size", "fsdp", "reshard_after_forward", "gradient_checkpointing")
 
 
 def result_options(config, *, leave_out=()):
@@ -180,8 +213,8 @@ def result_options(config, *, leave_out=()):
                if field.name not in NOT_RESULT_FIELDS and field.name not in leave_out}
     if isinstance(options.get("task"), GlueTask):
         options["task"] = options["task"].name
-    for name in ("model", "data_dir", "resume_from"):  # one folder, however it was spelled
-        if isinstance(options.get(name), str) and os.path.isdir(options[name]):
+    for name in ("model", "data_dir", "resume_from", "train_file", "eval_file"):  # one path, however spelled
+        if isinstance(options.get(name), str) and os.path.exists(options[name]):
             options[name] = os.path.realpath(options[name])
     return json.loads(json.dumps(options))
 

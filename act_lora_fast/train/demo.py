@@ -22,7 +22,8 @@ from ..model.hf import load_classifier, resolve_model_path
 from .compare import format_table, run_compare
 from .config import TrainConfig
 from .distributed import DistributedContext
-from .loop import calibration_batches, set_seed
+from .blocks import calibration_batches
+from .loop import set_seed
 from .outputs import check_output_dir
 
 SYNTHETIC_TASK = GlueTask("synthetic-sentiment", "", "", ("sentence",), "label", ("sentence",))

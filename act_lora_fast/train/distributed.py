@@ -1,4 +1,4 @@
-"""torchrun / DDP helpers: process-group setup from the environment, samplers, reductions, rank-0 writes.
+"""torchrun helpers: process-group setup from the environment, samplers, reductions, rank-0 writes, and FSDP2.
 
 Launch: ``torchrun --nproc-per-node N -m act_lora_fast.cli train ...`` (multi-node: add ``--nnodes``,
 ``--node-rank`` and ``--rdzv-endpoint`` as usual). NCCL on CUDA, gloo on CPU. Every rank profiles with
@@ -6,11 +6,14 @@ all-reduced activation norms, so every rank selects the same layers; the trainin
 `DistributedSampler`; evaluation shards the dev set without padding and gathers the predictions, so the
 metrics are exactly those of a single-process run; only rank 0 writes files and prints.
 
-FSDP: not supported by `act_lora_fast.train`. LoRA's trainable parameters are tiny, so sharding them buys
-nothing, and sharding the frozen base would need FSDP's ``use_orig_params=True`` plus a wrap policy that
-keeps each `FastActLoRALinear` whole (the fused op reads the full base weight). Models too large for one
-device's memory are out of scope for this trainer; DDP replicates the model on every rank.
+Data parallel is DDP (the model replicated on every rank) or, with ``--fsdp``, FSDP2 (`shard_model`:
+``fully_shard`` on each Transformer block, then on the root). LoRA is injected before sharding, so each
+adapter is built on the full shapes and sharded with its block; inside a block's forward FSDP2 has gathered
+the block's weights, so the fused op reads whole, plain tensors (a DTensor that reaches it is refused with
+a clear error). The adapter is gathered for saving (`save_sharded_adapter`: every rank takes part, rank 0
+writes PEFT's format).
 """
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -20,6 +23,8 @@ import torch
 import torch.distributed as dist
 
 from .. import _dist
+from ..model.adapters import PREFIX, WEIGHTS_NAME, adapter_tensors, save_adapter
+from ..model.anatomy import find_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +95,14 @@ def mean_over_ranks(value, ctx):
     tensor = torch.tensor([float(value)], dtype=torch.float64,
                           device=ctx.device if ctx.device.type == "cuda" else "cpu")
     return float(_dist.all_reduce_sum(tensor).item()) / ctx.world_size
+
+
+def sum_over_ranks(tensor, ctx):
+    """A float64 CPU tensor summed over ranks (returned on the CPU)."""
+    if not ctx.is_distributed:
+        return tensor
+    moved = tensor.to(ctx.device if ctx.device.type == "cuda" else "cpu", dtype=torch.float64)
+    return _dist.all_reduce_sum(moved).cpu()
 
 
 def max_over_ranks(value, ctx):
@@ -174,3 +187,71 @@ def broadcast_object(obj, ctx):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ---------------------------------------------------------------------------------------------- FSDP2
+def is_sharded(model):
+    """Whether `model` was sharded with FSDP2's ``fully_shard`` (at its root)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard_model(model, *, reshard_after_forward=True, param_dtype=None, blocks=None):
+    """FSDP2 in place: ``fully_shard`` on each Transformer block (see `find_blocks`), then on the root.
+
+    Inject LoRA first (`apply_act_lora`, `load_adapter`, or PEFT's ``get_peft_model`` under `patch_peft`):
+    adapters are then built on the full shapes and sharded with their block, and the fused op runs inside
+    each block's forward on its gathered weights. `reshard_after_forward`: free each block's gathered weights
+    after its forward (less memory; gathered again for the backward) or keep them (less communication).
+    `param_dtype` (e.g. torch.bfloat16): FSDP2's mixed precision, weights gathered in that dtype and gradients
+    reduced in float32. Needs a process group (torchrun); the mesh spans all ranks, on CUDA under NCCL.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("shard_model needs a process group: launch with torchrun (WORLD_SIZE > 1)")
+    if is_sharded(model):
+        raise RuntimeError("the model is already sharded (fully_shard was applied to it)")
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    options = {"mesh": init_device_mesh(device_type, (dist.get_world_size(),)),
+               "reshard_after_forward": reshard_after_forward}
+    if param_dtype is not None:
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in find_blocks(model, blocks).blocks:
+        fully_shard(block, **options)
+    fully_shard(model, **options)
+    return model
+
+
+def gradient_sync(model, on):
+    """Whether the next backward reduces gradients across ranks (off for all but the last micro-batch of a
+    gradient-accumulation step): DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``."""
+    if is_sharded(model):
+        model.set_requires_gradient_sync(on)
+        return contextlib.nullcontext()
+    if on or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def save_sharded_adapter(model, path, ctx, **options):
+    """Gather an FSDP-sharded model's adapter (every rank must call this) and write it on rank 0 (`save_adapter`)."""
+    tensors = {key: tensor.full_tensor() if _dist.is_dtensor(tensor) else tensor
+               for key, tensor in adapter_tensors(model).items()}
+    if ctx.is_main:
+        save_adapter(model, path, tensors=tensors, **options)
+
+
+def load_sharded_adapter_weights(model, path):
+    """Copy the weights of a saved adapter (this model's own, from `save_sharded_adapter`) into an FSDP-sharded
+    model's shards (every rank reads the file and keeps its shard)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    weights = load_file(os.path.join(os.fspath(path), WEIGHTS_NAME))
+    state = {key[len(PREFIX):]: tensor for key, tensor in weights.items()}
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))

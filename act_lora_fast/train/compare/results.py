@@ -26,13 +26,16 @@ class CompareResult:
     def markdown(self):
         title = f"{self.task} ({self.data_source})"
         notes = []
+        higher = self.meta.get("higher_is_better", True)
         if self.seeds:
-            notes.append(f"seeds {self.seeds}; score = dev score of the last epoch, mean ± 95 % CI (t)")
+            scored = "dev score" if higher else f"{self.meta.get('score_name', 'score')} (lower is better)"
+            notes.append(f"seeds {self.seeds}; score = {scored} of the last epoch, mean ± 95 % CI (t)")
         if self.chance_score is not None:
             verdict = {True: "above chance", False: "NOT significantly above chance: left out of averages",
                        None: "one seed: significance unknown"}[self.above_chance]
             notes.append(f"chance {self.chance_score:.2f}; all-layer LoRA {verdict}")
-        table = format_table(self.rows, title=title)
+        table = format_table(self.rows, title=title, score_name=self.meta.get("score_name", "score"),
+                             higher_is_better=higher)
         return table + ("\n\n" + "; ".join(notes) if notes else "")
 
     def to_json(self):
@@ -110,8 +113,13 @@ def rows_of(variants, task):
                      "step_ms": v["step_ms"], "delta_time_pct": v["delta_time_pct"],
                      "peak_memory_bytes": v["peak_memory_mib"] * 2**20 if v["peak_memory_mib"] is not None else None,
                      "lora_parameters": v["lora_parameters"], "device_hours": v["device_hours"],
-                     "score_margin": v["score_margin"]})
+                     "score_margin": v["score_margin"], "perplexity": _mean_metric(v["runs"], "perplexity")})
     return rows
+
+
+def _mean_metric(runs, name):
+    values = [run["metrics"][name] for run in runs if name in run.get("metrics", {})]
+    return statistics.fmean(values) if values else None
 
 
 def load_compare(path):
@@ -135,6 +143,10 @@ def summarize(results):
     tasks; Δ time %: the mean of the per-task changes."""
     if not results:
         raise ValueError("no compare results to summarize")
+    losses = [r.task for r in results if r.meta.get("higher_is_better") is False]
+    if losses:
+        raise ValueError(f"{', '.join(losses)}: a loss (lower is better) is not averaged with other tasks' scores; "
+                         "compare text tasks one at a time")
     included = [r for r in results if r.above_chance is not False]
     excluded = [r.task for r in results if r.above_chance is False]
     if not included:

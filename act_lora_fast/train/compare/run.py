@@ -8,12 +8,10 @@ import time
 from ... import _dist
 from ..._checks import check_bool, check_choice, check_int
 from ..._io import write_json
-from ...data.glue import TokenizedDataset, get_task, load_glue
-from ...measure.stats import chance_score, one_sample_p
+from ...measure.stats import one_sample_p
 from ...measure.timing import TimingSettings, bench_settings, time_selections, timing_batch
 from ...method.profiling import HEAD_WARMUP_LR
 from ...model.anatomy import find_blocks
-from ...model.hf import head_modules, load_classifier
 from ...model.inject import count_lora_parameters
 from .. import distributed as dist_utils
 from ..config import TrainConfig, result_options
@@ -21,6 +19,7 @@ from ..lock import locks_output_dir
 from ..loop import set_seed, train
 from ..outputs import claim_output_dir
 from ..signals import raise_if_stopped, shielded, stop_reason
+from ..tasks import task_for
 from .folder import claim_compare_dir, previous_runs, run_folder_intact, slug
 from .matrix import ACTIVATION_METRICS, DEFAULT_BASELINES, DEFAULT_FRACTIONS, seed_list, variant_specs
 from .results import CompareResult, median_or_none, aggregate, rows_of
@@ -80,18 +79,17 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
     previous = previous_runs(output_dir, options) if resume and output_dir else {}
     if output_dir and _dist.is_main_process() and not resume:
         claim_compare_dir(output_dir, specs, seeds=seeds, random_draws=random_draws, overwrite=base.overwrite)
+    task = task_for(getattr(data, "task", None) or base.task)
     if data is None:
-        data = load_glue(get_task(base.task), base.data_dir, max_train_samples=base.max_train_samples,
-                         max_eval_samples=base.max_eval_samples, seed=base.seed)
-    task = data.task
+        data = task.load_data(base)
     started = time.perf_counter()
 
-    # ---- one model for profiling, cost calibration and timing
+    # ---- one model for profiling, cost calibration and timing (whole on every rank, also under --fsdp)
     set_seed(base.seed)
-    model, tokenizer = load_classifier(base.model, num_labels=task.num_labels)
+    model, tokenizer = task.load_model(base)
     ctx = dist_utils.init_distributed(base.device)
     model.to(ctx.device)
-    train_set = TokenizedDataset(data.train, tokenizer, base.max_seq_len, regression=task.is_regression)
+    train_set, _ = task.datasets(data, tokenizer, base)
     n_blocks = len(find_blocks(model))
     block_path = find_blocks(model).path
 
@@ -103,7 +101,7 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                                             gradient_warmup_lr=gradient_warmup_lr)
 
     # ---- cost model and timing batch
-    heads = head_modules(model, "auto" if base.modules_to_save is None else base.modules_to_save)
+    heads = task.heads(model, base)
     settings = bench_settings(timing or TimingSettings(), r=base.r, alpha=base.alpha,
                               target_modules=base.target_modules, modules_to_save=heads, lr=base.learning_rate,
                               backend=base.backend)
@@ -151,9 +149,9 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                                                    "max_seq_len", "max_train_samples", "calibration_samples")},
             "options": options,
             "train_examples": len(data.train), "status": "running", "completed_runs": 0,
-            "planned_runs": sum(len(v) for v in selections.values())}
-    labels = {name: [e.label for e in rows] for name, rows in data.eval.items()}
-    chance = statistics.fmean(chance_score(task, split_labels) for split_labels in labels.values())
+            "planned_runs": sum(len(v) for v in selections.values()),
+            "score_name": task.score_name, "higher_is_better": task.higher_is_better}
+    chance = task.chance_score(data)
 
     # ---- 4. training, seed-major so every finished seed is a complete paired set
     raise_if_stopped()  # a stop swallowed during the set-up ends the comparison here
@@ -171,7 +169,7 @@ def run_compare(base, *, fractions=DEFAULT_FRACTIONS, baselines=DEFAULT_BASELINE
                                        if reference and v["step_ms"] is not None else None)
         all_scores = variants[0]["scores"]
         above, p_value = None, None
-        if len(all_scores) >= 2:
+        if len(all_scores) >= 2 and chance is not None:  # a text task has no chance level
             p_value = one_sample_p(all_scores, chance, "greater")
             above = bool(p_value < ALPHA and statistics.fmean(all_scores) > chance)
         meta_now = {**meta, "above_chance_p": p_value, "seconds": time.perf_counter() - started}

@@ -8,7 +8,7 @@ import time
 from ...method.batches import without_labels
 from ...method.profiling import GRADIENT_METRIC, UPDATE_METRIC, profile_activations, profile_gradients, profile_updates
 from ...method.selection import select_layers, selection_margin
-from ..loop import calibration_batches
+from ..blocks import calibration_batches
 from .matrix import SCORED
 
 RANDOM_STREAM = 1_000_003   # random@ draws use seeds RANDOM_STREAM + d, d = 0, 1, ...: not the training seeds
